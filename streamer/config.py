@@ -155,6 +155,9 @@ class Settings:
     bucket_sizes: dict[str, Decimal]
     heatmap_depth: int = 50
     snapshot_interval: float = 1.0
+    #: When set, periodic snapshots keep the levels within +/- this percent of mid
+    #: instead of the top ``heatmap_depth`` levels per side.
+    snapshot_band_pct: float | None = None
     data_buffer_size: int = 10_000
     batch_write_size: int = 5_000
     max_memory_mb: int = 1024
@@ -220,6 +223,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bucket_sizes=_bucket_sizes(env),
         heatmap_depth=_int(env, "HEATMAP_DEPTH", 50, maximum=5000),
         snapshot_interval=_float(env, "UPDATE_FREQUENCY", 1.0),
+        snapshot_band_pct=_float(env, "COBY_SNAPSHOT_BAND_PCT", 0.0) or None,
         data_buffer_size=_int(env, "DATA_BUFFER_SIZE", 10_000, minimum=10),
         batch_write_size=_int(env, "BATCH_WRITE_SIZE", 5_000),
         max_memory_mb=_int(env, "MAX_MEMORY_USAGE", 1024, minimum=64),

@@ -8,11 +8,16 @@ normalized events. Live connections and capture replay feed the same mapper.
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..models import MappedEvent
+import orjson
+
+from ..book.orderbook import is_decimal
+from ..errors import InvalidValueError, MalformedFrameError, MappingError
+from ..models import MappedEvent, Quarantine
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..book.sync import SyncRules
@@ -110,3 +115,86 @@ class ExchangeMapper(ABC):
     @abstractmethod
     def sync_rules(self) -> "SyncRules":
         """The exchange's book-sync rules (sequence alignment, checksum)."""
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the mappers: decoding frames and quarantining failures.
+# ---------------------------------------------------------------------------
+
+
+def decode_json(raw: str | bytes) -> Any:
+    """Parse a frame as JSON or raise :class:`MalformedFrameError`."""
+    try:
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise MalformedFrameError(f"not valid JSON: {exc}", code="MAP-002") from None
+
+
+def raw_text(raw: str | bytes) -> str:
+    """A frame as stored in quarantine: text as is, binary frames that are not
+    UTF-8 base64-encoded (the contract's rule for the ``raw`` column)."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        data = bytes(raw)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(data).decode("ascii")
+    return repr(raw)
+
+
+def mapping_failure(exchange: str, raw: str | bytes, local_ts: int, exc: BaseException,
+                    symbol: str | None = None) -> Quarantine:
+    """The quarantine record for a frame a mapper could not use.
+
+    :class:`MappingError` carries its own code and reason; structural surprises
+    (a missing key, a wrong type) are malformed frames (MAP-002); anything else
+    is still quarantined (MAP-001) because a mapper never raises.
+    """
+    if isinstance(exc, MappingError):
+        code, reason = exc.code, exc.reason
+    elif isinstance(exc, (KeyError, IndexError, TypeError, ValueError, AttributeError)):
+        code, reason = "MAP-002", f"unexpected frame structure: {type(exc).__name__}: {exc}"
+    else:
+        code, reason = "MAP-001", f"mapping failed: {type(exc).__name__}: {exc}"
+    return Quarantine(exchange, reason[:1000], raw_text(raw), local_ts, code, symbol)
+
+
+#: Integers are stored as PostgreSQL ``bigint``.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: The last millisecond a timestamp column can hold (9999-12-31T23:59:59.999Z).
+MAX_MILLIS = 253_402_300_799_999
+
+
+def require_int(value: Any, what: str) -> int:
+    """An integer field of a frame that fits a ``bigint`` (bools and floats are not integers here)."""
+    if type(value) is not int:
+        raise MalformedFrameError(f"{what} must be an integer, got {value!r}"[:300])
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidValueError(f"{what} does not fit a 64-bit integer: {value}"[:300])
+    return value
+
+
+def require_str(value: Any, what: str) -> str:
+    if type(value) is not str or not value:
+        raise MalformedFrameError(f"{what} must be a non-empty string, got {value!r}"[:300])
+    return value
+
+
+def millis_to_us(value: Any, what: str) -> int:
+    """Exchange milliseconds (an integer or a string of digits) -> microseconds."""
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 15:
+        value = int(value)
+    if type(value) is int and 0 <= value <= MAX_MILLIS:
+        return value * 1000
+    raise MalformedFrameError(f"{what} must be milliseconds since the epoch, got {value!r}"[:300])
+
+
+def require_positive_decimal(value: Any, what: str) -> str:
+    """A trade price or size: a plain decimal string greater than zero."""
+    if type(value) is not str:
+        raise MalformedFrameError(f"{what} must be a decimal string, got {value!r}"[:300])
+    if is_decimal(value) is None or float(value) <= 0.0:
+        raise InvalidValueError(f"{what} must be a positive decimal, got {value!r}"[:300])
+    return value

@@ -1,0 +1,1 @@
+"""Dagster-free data code behind the pipeline's assets."""

@@ -1,0 +1,296 @@
+"""Data-quality scores per exchange, symbol and hour.
+
+Columns (one row per exchange and symbol with any data or event in the hour):
+
+- ``connected_seconds``: seconds the exchange connection was up in the hour,
+  from ``connected`` / ``disconnected`` / ``stall`` feed events (the state at
+  the start of the hour comes from the last such event before it). A
+  connection still open at the end counts until the exchange's last stored
+  row, because a stopped streamer writes nothing more. With no connection
+  event at all, the whole hour counts.
+- ``expected_snapshots`` = ``connected_seconds / snapshot_interval``;
+  ``actual_snapshots`` = distinct snapshot timestamps; ``coverage`` =
+  ``min(1, actual / expected)`` (1 when less than one snapshot was expected).
+- ``gaps``, ``resyncs``, ``checksum_failed``: feed events of the symbol;
+  ``disconnects``: ``disconnected`` and ``stall`` events of the exchange.
+- ``crossed_books``: snapshots whose best bid >= best ask (crossed or locked).
+- ``latency_p50_ms``, ``latency_p99_ms``: ``local_ts - exchange_ts`` in
+  milliseconds, one sample per received message (distinct
+  ``(local_ts, exchange_ts)`` over book updates and trades, so a frame with
+  fifty levels counts once), linear interpolation as numpy's default;
+  ``latency_samples``: how many.
+
+Score (0-100, higher is better)::
+
+    score = 100 * coverage
+            - 10 * gaps - 10 * checksum_failed - 5 * resyncs - 5 * disconnects
+            - (25 if crossed_books > 0 else 0)
+            - min(10, max(0, (latency_p99_ms - 1000) / 100))
+    clipped to [0, 100], rounded to 0.01
+
+Coverage carries the weight (a missing snapshot is missing data); every
+integrity incident costs a fixed amount (a gap costs 10 and the resync it
+triggers 5 more); a crossed or locked book means the book was wrong and costs
+a quarter; slow delivery costs at most 10, starting at one second p99.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
+
+import polars as pl
+
+from .hours import HourWindow
+
+CONNECTION_UP = "connected"
+CONNECTION_DOWN = ("disconnected", "stall")
+COUNTED_EVENTS = {"gap": "gaps", "resync": "resyncs", "checksum_failed": "checksum_failed"}
+
+COLUMNS = [
+    "hour",
+    "exchange",
+    "symbol",
+    "connected_seconds",
+    "expected_snapshots",
+    "actual_snapshots",
+    "coverage",
+    "gaps",
+    "resyncs",
+    "checksum_failed",
+    "disconnects",
+    "crossed_books",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_samples",
+    "score",
+]
+SCHEMA = pl.Schema(
+    {
+        "hour": pl.Datetime("us", "UTC"),
+        "exchange": pl.String,
+        "symbol": pl.String,
+        "connected_seconds": pl.Float64,
+        "expected_snapshots": pl.Float64,
+        "actual_snapshots": pl.Int64,
+        "coverage": pl.Float64,
+        "gaps": pl.Int64,
+        "resyncs": pl.Int64,
+        "checksum_failed": pl.Int64,
+        "disconnects": pl.Int64,
+        "crossed_books": pl.Int64,
+        "latency_p50_ms": pl.Float64,
+        "latency_p99_ms": pl.Float64,
+        "latency_samples": pl.Int64,
+        "score": pl.Float64,
+    }
+)
+
+
+@dataclass(frozen=True)
+class ScorePolicy:
+    """The weights of the score formula (see the module docstring)."""
+
+    gap_penalty: float = 10.0
+    checksum_penalty: float = 10.0
+    resync_penalty: float = 5.0
+    disconnect_penalty: float = 5.0
+    crossed_penalty: float = 25.0
+    latency_free_ms: float = 1000.0
+    latency_ms_per_point: float = 100.0
+    latency_max_penalty: float = 10.0
+
+
+def connected_seconds(
+    events: Iterable[tuple[datetime, str]],
+    *,
+    window: HourWindow,
+    up_at_start: bool | None,
+    last_row: datetime | None,
+) -> float:
+    """Seconds the connection was up within ``window``.
+
+    ``events`` are (time, kind) connection events inside the window, in time
+    order; ``up_at_start`` is the state left by the last event before it
+    (None: no history). A second ``connected`` while up restarts the interval
+    there (the previous one ended without a recorded disconnect, so the time
+    in between still counts: snapshots were expected and missed).
+    """
+    events = sorted(events)
+    if not events and up_at_start is None:
+        return window.seconds
+    up = bool(up_at_start)
+    opened = window.start
+    total = 0.0
+    for at, kind in events:
+        if kind == CONNECTION_UP:
+            if up:
+                total += (at - opened).total_seconds()
+            up, opened = True, at
+        elif kind in CONNECTION_DOWN and up:
+            total += (at - opened).total_seconds()
+            up = False
+    if up:
+        closed = window.end if last_row is None else min(window.end, max(last_row, opened))
+        total += (closed - opened).total_seconds()
+    return max(0.0, min(total, window.seconds))
+
+
+def snapshot_stats(snapshots: pl.LazyFrame) -> pl.LazyFrame:
+    """Distinct snapshots and crossed/locked ones per exchange and symbol."""
+    per_snapshot = snapshots.group_by("exchange", "symbol", "local_ts").agg(
+        best_bid=pl.col("price").filter(pl.col("side") == "bid").max(),
+        best_ask=pl.col("price").filter(pl.col("side") == "ask").min(),
+    )
+    return per_snapshot.group_by("exchange", "symbol").agg(
+        actual_snapshots=pl.len().cast(pl.Int64),
+        crossed_books=(pl.col("best_bid") >= pl.col("best_ask")).fill_null(False).sum().cast(pl.Int64),
+    )
+
+
+def latency_stats(updates: pl.LazyFrame, trades: pl.LazyFrame) -> pl.LazyFrame:
+    """Exchange-to-local latency percentiles per exchange and symbol."""
+    columns = ["exchange", "symbol", "local_ts", "exchange_ts"]
+    samples = (
+        pl.concat([updates.select(columns), trades.select(columns)])
+        .drop_nulls("exchange_ts")
+        .unique()
+        .with_columns(
+            latency_ms=(pl.col("local_ts") - pl.col("exchange_ts")).dt.total_microseconds().cast(pl.Float64) / 1000.0
+        )
+    )
+    return samples.group_by("exchange", "symbol").agg(
+        latency_p50_ms=pl.col("latency_ms").quantile(0.5, interpolation="linear"),
+        latency_p99_ms=pl.col("latency_ms").quantile(0.99, interpolation="linear"),
+        latency_samples=pl.len().cast(pl.Int64),
+    )
+
+
+def last_rows(*frames: pl.LazyFrame) -> dict[str, datetime]:
+    """Latest ``local_ts`` per exchange over the frames."""
+    latest = (
+        pl.concat([f.select("exchange", "local_ts") for f in frames])
+        .group_by("exchange")
+        .agg(pl.col("local_ts").max())
+        .collect()
+    )
+    return dict(latest.iter_rows())
+
+
+def score_expression(policy: ScorePolicy) -> pl.Expr:
+    latency_penalty = (
+        ((pl.col("latency_p99_ms") - policy.latency_free_ms) / policy.latency_ms_per_point)
+        .clip(0.0, policy.latency_max_penalty)
+        .fill_null(0.0)
+    )
+    raw = (
+        100.0 * pl.col("coverage")
+        - policy.gap_penalty * pl.col("gaps")
+        - policy.checksum_penalty * pl.col("checksum_failed")
+        - policy.resync_penalty * pl.col("resyncs")
+        - policy.disconnect_penalty * pl.col("disconnects")
+        - pl.when(pl.col("crossed_books") > 0).then(policy.crossed_penalty).otherwise(0.0)
+        - latency_penalty
+    )
+    return raw.clip(0.0, 100.0).round(2)
+
+
+def quality_scores(
+    *,
+    window: HourWindow,
+    snapshots: pl.LazyFrame,
+    updates: pl.LazyFrame,
+    trades: pl.LazyFrame,
+    feed_events: pl.DataFrame,
+    up_at_start: dict[str, bool],
+    snapshot_interval: float,
+    policy: ScorePolicy = ScorePolicy(),
+) -> pl.DataFrame:
+    """The quality table of one hour.
+
+    ``feed_events`` holds the hour's rows of the raw ``feed_events`` table;
+    ``up_at_start`` the connection state per exchange left by earlier events.
+    """
+    if snapshot_interval <= 0:
+        raise ValueError(f"snapshot interval must be positive, got {snapshot_interval}")
+    symbol_events = feed_events.filter(pl.col("symbol") != "")
+    pairs = (
+        pl.concat(
+            [
+                snapshots.select("exchange", "symbol"),
+                updates.select("exchange", "symbol"),
+                trades.select("exchange", "symbol"),
+                symbol_events.lazy().select("exchange", "symbol"),
+            ]
+        )
+        .unique()
+        .collect()
+    )
+    if pairs.is_empty():
+        return pl.DataFrame(schema=SCHEMA)
+
+    counts = (
+        symbol_events.filter(pl.col("event").is_in(list(COUNTED_EVENTS)))
+        .group_by("exchange", "symbol")
+        .agg(**{name: (pl.col("event") == event).sum().cast(pl.Int64) for event, name in COUNTED_EVENTS.items()})
+    )
+    disconnects = (
+        feed_events.filter(pl.col("event").is_in(list(CONNECTION_DOWN)))
+        .group_by("exchange")
+        .agg(disconnects=pl.len().cast(pl.Int64))
+    )
+    connection = _connection_table(feed_events, pairs, window, up_at_start, last_rows(snapshots, updates, trades))
+
+    table = (
+        pairs.lazy()
+        .join(snapshot_stats(snapshots), on=["exchange", "symbol"], how="left")
+        .join(latency_stats(updates, trades), on=["exchange", "symbol"], how="left")
+        .join(counts.lazy(), on=["exchange", "symbol"], how="left")
+        .join(disconnects.lazy(), on="exchange", how="left")
+        .join(connection.lazy(), on="exchange", how="left")
+        .with_columns(
+            pl.col("actual_snapshots", "crossed_books", "gaps", "resyncs", "checksum_failed", "disconnects")
+            .fill_null(0)
+            .cast(pl.Int64),
+            pl.col("latency_samples").fill_null(0).cast(pl.Int64),
+            expected_snapshots=pl.col("connected_seconds") / snapshot_interval,
+            hour=pl.lit(window.start).cast(pl.Datetime("us", "UTC")),
+        )
+        .with_columns(
+            coverage=pl.when(pl.col("expected_snapshots") < 1.0)
+            .then(1.0)
+            .otherwise((pl.col("actual_snapshots") / pl.col("expected_snapshots")).clip(upper_bound=1.0))
+        )
+        .with_columns(score=score_expression(policy))
+        .select(COLUMNS)
+        .sort("exchange", "symbol")
+    )
+    return table.collect().cast(dict(SCHEMA))
+
+
+def _connection_table(
+    feed_events: pl.DataFrame,
+    pairs: pl.DataFrame,
+    window: HourWindow,
+    up_at_start: dict[str, bool],
+    last_row: dict[str, datetime],
+) -> pl.DataFrame:
+    connection_kinds = [CONNECTION_UP, *CONNECTION_DOWN]
+    events = feed_events.filter(pl.col("event").is_in(connection_kinds)).sort("local_ts")
+    exchanges = sorted(set(pairs["exchange"].to_list()))
+    seconds = []
+    for exchange in exchanges:
+        mine = events.filter(pl.col("exchange") == exchange)
+        seconds.append(
+            connected_seconds(
+                list(zip(mine["local_ts"].to_list(), mine["event"].to_list())),
+                window=window,
+                up_at_start=up_at_start.get(exchange),
+                last_row=last_row.get(exchange),
+            )
+        )
+    return pl.DataFrame(
+        {"exchange": exchanges, "connected_seconds": seconds},
+        schema={"exchange": pl.String, "connected_seconds": pl.Float64},
+    )

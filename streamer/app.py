@@ -1,0 +1,136 @@
+"""The streamer process: feeds for the configured exchanges, the sinks, the snapshotter.
+
+``Streamer`` owns every long-running task and shuts them down in order:
+stop the connections, take a last snapshot of every book, flush PostgreSQL
+and Redis. Nothing received before :meth:`Streamer.stop` returns is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import psycopg
+
+from .capture.writer import CaptureWriter
+from .config import Settings
+from .connection.clock import now_us
+from .exchanges.registry import get_mapper
+from .feed import ExchangeFeed, FeedConfig
+from .outputs import Outputs
+from .sinks.postgres import PostgresSink
+from .sinks.redis_sink import RedisSink
+from .sinks.schema import apply_schema
+from .snapshots import Snapshotter
+
+log = logging.getLogger(__name__)
+
+
+class _CaptureRecorder:
+    """Adapts a :class:`CaptureWriter` to the WebSocket and REST recorder hooks."""
+
+    def __init__(self, writer: CaptureWriter) -> None:
+        self.writer = writer
+
+    def connect(self, conn: int, url: str) -> None:
+        self.writer.connect(conn, url)
+
+    def send(self, conn: int, url: str, data: str) -> None:
+        self.writer.send(conn, url, data)
+
+    def recv(self, conn: int, data: str | bytes) -> None:
+        self.writer.recv(conn, data)
+
+    def http(self, url: str, data: str) -> None:
+        self.writer.http(url, data)
+
+
+class Streamer:
+    def __init__(self, settings: Settings, feeds: list[FeedConfig], *, record_dir: Path | None = None) -> None:
+        if not feeds:
+            raise ValueError("no exchanges configured")
+        self.settings = settings
+        self.feed_configs = feeds
+        self.record_dir = record_dir
+        self.pg = PostgresSink(settings)
+        self.redis = RedisSink(settings)
+        self.outputs = Outputs(self.pg, self.redis, redis_depth=settings.heatmap_depth)
+        self.feeds: list[ExchangeFeed] = []
+        self._writers: list[CaptureWriter] = []
+        self._tasks: list[asyncio.Task] = []
+        self.snapshotter: Snapshotter | None = None
+        self.started_us: int | None = None
+
+    async def start(self) -> None:
+        with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
+            apply_schema(conn, self.settings)
+        await self.pg.start()
+        await self.redis.start()
+        for config in self.feed_configs:
+            mapper = get_mapper(config.exchange)
+            recorder = None
+            if self.record_dir is not None:
+                self.record_dir.mkdir(parents=True, exist_ok=True)
+                session = f"{config.exchange}-{now_us() // 1_000_000}"
+                writer = CaptureWriter(
+                    self.record_dir / f"{session}.jsonl.gz", exchange=config.exchange, session=session
+                )
+                self._writers.append(writer)
+                recorder = _CaptureRecorder(writer)
+            feed = ExchangeFeed(config, mapper, self.outputs, recorder=recorder, http_recorder=recorder)
+            self.feeds.append(feed)
+        self.snapshotter = Snapshotter(
+            self.feeds,
+            interval=self.settings.snapshot_interval,
+            depth=self.settings.heatmap_depth,
+            band_pct=self.settings.snapshot_band_pct,
+        )
+        self.started_us = now_us()
+        for feed in self.feeds:
+            self._tasks.append(asyncio.create_task(feed.run(), name=f"feed-{feed.exchange}"))
+        self._tasks.append(asyncio.create_task(self.snapshotter.run(), name="snapshotter"))
+
+    async def stop(self) -> None:
+        for feed in self.feeds:
+            await feed.stop()
+        # Let each feed finish the frame it is processing (its connection is
+        # closed, so its loop ends); cancel only what does not end in time.
+        done, pending = await asyncio.wait(self._tasks[:-1], timeout=10) if len(self._tasks) > 1 else (set(), set())
+        for task in [*pending, *self._tasks[-1:]]:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.snapshotter is not None:
+            await self.snapshotter.snapshot_all()
+        await self.pg.close()
+        await self.redis.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def __aenter__(self) -> "Streamer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def failed_task(self) -> BaseException | None:
+        """The exception of a task that died, if any (a bug: surface it, don't hide it)."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return task.exception()
+        return None
+
+    def summary(self) -> dict:
+        per_exchange = {}
+        for feed in self.feeds:
+            books = {}
+            for sync in feed.books.values():
+                bid, ask = sync.book.best_bid(), sync.book.best_ask()
+                if sync.is_synced:
+                    books[sync.symbol] = {"bid": list(bid) if bid else None, "ask": list(ask) if ask else None}
+            per_exchange[feed.exchange] = {**feed.stats.as_dict(), "books": books}
+        return per_exchange

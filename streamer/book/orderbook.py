@@ -1,0 +1,184 @@
+"""An L2 order book that keeps the exchange's own price and size strings.
+
+Levels are stored in two :class:`sortedcontainers.SortedDict` keyed by the
+price as a float: ``-price`` for bids and ``price`` for asks, so that index 0
+is always the best level and "100.0" and "100.00" are the same level. A float
+is exact enough as a key: every exchange decimal string with up to 15
+significant digits maps to a distinct float. The value is the
+``(price, size)`` pair exactly as the exchange last wrote it, which is what
+the exchanges' checksums are computed over.
+
+No Decimal arithmetic happens on the update path; Decimals are only built when
+a caller asks for an :class:`~streamer.models.OrderBookSnapshot`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from itertools import islice
+from math import isfinite
+from typing import Iterable, Iterator
+
+from sortedcontainers import SortedDict
+
+from ..errors import InvalidValueError, MalformedFrameError
+from ..models import OrderBookSnapshot, PriceLevel, RawLevel, Side
+
+#: A plain non-negative decimal as exchanges write prices and sizes: no sign,
+#: exponent, whitespace, underscores, NaN or infinity, and at most 24 digits on
+#: either side of the point (so the value is always a finite float).
+_DECIMAL = re.compile(r"(?:\d{1,24}(?:\.\d{0,24})?|\.\d{1,24})\Z")
+is_decimal = _DECIMAL.match
+
+
+def parse_levels(levels: object, what: str) -> list[RawLevel]:
+    """Validate an exchange level list (``[[price, size, ...], ...]``) and
+    return ``(price, size)`` string pairs.
+
+    Extra elements per level (order counts, timestamps) are ignored here.
+    Raises :class:`MalformedFrameError` for a wrong structure and
+    :class:`InvalidValueError` for a price or size that is not a plain
+    non-negative decimal string, so a mapper can quarantine the frame with
+    the reason.
+    """
+    if not isinstance(levels, list):
+        raise MalformedFrameError(f"{what}: expected a list of levels, got {type(levels).__name__}")
+    out: list[RawLevel] = []
+    append = out.append
+    match = _DECIMAL.match
+    for level in levels:
+        if not isinstance(level, list) or len(level) < 2:
+            raise MalformedFrameError(f"{what}: level must be [price, size, ...], got {level!r}"[:300])
+        price, size = level[0], level[1]
+        if type(price) is not str or type(size) is not str:
+            raise MalformedFrameError(f"{what}: price and size must be strings, got {level!r}"[:300])
+        if match(price) is None or match(size) is None:
+            raise InvalidValueError(f"{what}: price and size must be non-negative decimals, got {level!r}"[:300])
+        append((price, size))
+    return out
+
+
+def _number(value: str, what: str) -> float:
+    """A validated float of an exchange decimal string (the cheap check of the hot path)."""
+    if type(value) is not str:
+        raise InvalidValueError(f"{what} must be a decimal string, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidValueError(f"{what} is not a number: {value!r}") from None
+    if not isfinite(number) or number < 0:
+        raise InvalidValueError(f"{what} must be finite and non-negative, got {value!r}")
+    return number
+
+
+class OrderBook:
+    """One symbol's L2 book. Not thread-safe; one owner (its BookSync)."""
+
+    __slots__ = ("_bids", "_asks")
+
+    def __init__(self) -> None:
+        # Bids keyed by -price so that both sides iterate best first.
+        self._bids: SortedDict = SortedDict()
+        self._asks: SortedDict = SortedDict()
+
+    def _side(self, side: Side) -> SortedDict:
+        if side == "bid":
+            return self._bids
+        if side == "ask":
+            return self._asks
+        raise ValueError(f"side must be 'bid' or 'ask', got {side!r}")
+
+    # -- updates -------------------------------------------------------------
+    def apply(self, side: Side, price: str, size: str) -> None:
+        """Set the size at ``price`` (a size that is numerically zero deletes the level).
+
+        Raises :class:`~streamer.errors.InvalidValueError` for NaN, infinite,
+        negative or non-numeric values; the book is unchanged then.
+        """
+        levels = self._side(side)
+        p = _number(price, "price")
+        s = _number(size, "size")
+        key = -p if side == "bid" else p
+        if s == 0.0:
+            levels.pop(key, None)
+        else:
+            levels[key] = (price, size)
+
+    def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
+        """Apply many ``(price, size)`` pairs of one side, in order."""
+        book = self._side(side)
+        sign = -1.0 if side == "bid" else 1.0
+        pop = book.pop
+        for price, size in levels:
+            p = _number(price, "price")
+            s = _number(size, "size")
+            if s == 0.0:
+                pop(sign * p, None)
+            else:
+                book[sign * p] = (price, size)
+
+    def clear(self) -> None:
+        self._bids.clear()
+        self._asks.clear()
+
+    def truncate(self, depth: int) -> list[tuple[Side, RawLevel]]:
+        """Keep the best ``depth`` levels per side; returns the removed levels."""
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0, got {depth}")
+        removed: list[tuple[Side, RawLevel]] = []
+        for side, levels in (("bid", self._bids), ("ask", self._asks)):
+            while len(levels) > depth:
+                removed.append((side, levels.popitem(-1)[1]))
+        return removed
+
+    # -- reads ---------------------------------------------------------------
+    def best_bid(self) -> RawLevel | None:
+        return self._bids.peekitem(0)[1] if self._bids else None
+
+    def best_ask(self) -> RawLevel | None:
+        return self._asks.peekitem(0)[1] if self._asks else None
+
+    def top(self, side: Side, n: int) -> list[RawLevel]:
+        """The best ``n`` levels of one side, best first."""
+        if n <= 0:
+            return []
+        return self._side(side).values()[:n]
+
+    def levels(self, side: Side) -> Iterator[RawLevel]:
+        """Every level of one side, best first."""
+        return iter(self._side(side).values())
+
+    def band(self, side: Side, low: float, high: float) -> Iterator[RawLevel]:
+        """Levels of one side with ``low <= price <= high``, best first."""
+        levels = self._side(side)
+        if side == "bid":
+            keys = levels.irange(-high, -low)
+        else:
+            keys = levels.irange(low, high)
+        return (levels[k] for k in keys)
+
+    def is_crossed(self) -> bool:
+        """True when the best bid is at or above the best ask."""
+        if not self._bids or not self._asks:
+            return False
+        return -self._bids.peekitem(0)[0] >= self._asks.peekitem(0)[0]
+
+    def depth(self, side: Side) -> int:
+        return len(self._side(side))
+
+    def __len__(self) -> int:
+        return len(self._bids) + len(self._asks)
+
+    def __repr__(self) -> str:
+        return f"OrderBook(bids={len(self._bids)}, asks={len(self._asks)}, best={self.best_bid()}/{self.best_ask()})"
+
+    def to_snapshot(self, exchange: str, symbol: str, ts: datetime, sequence: int | None = None,
+                    depth: int | None = None) -> OrderBookSnapshot:
+        """A Decimal view of the book (optionally only the best ``depth`` levels per side)."""
+
+        def convert(levels: SortedDict) -> tuple[PriceLevel, ...]:
+            values = levels.values() if depth is None else islice(levels.values(), depth)
+            return tuple(PriceLevel.from_strings(p, s) for p, s in values)
+
+        return OrderBookSnapshot(exchange, symbol, ts, convert(self._bids), convert(self._asks), sequence)

@@ -1,0 +1,124 @@
+"""The ``coby`` command.
+
+    coby stream [EXCHANGE:SYM,SYM ...] [--duration S] [--record DIR]
+    coby capture replay FILE [--exchange PROTOCOL] [--speed max|1|N]
+    coby simulate [--exchanges binance,kraken,okx] [--duration S]
+    coby demo [--duration S] [--no-ui]
+    coby materialize HOUR [HOUR ...] | --from HOUR --to HOUR
+    coby schema
+
+Commands that produce a result print it as one JSON object on the last line
+of stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import orjson
+
+from .errors import CobyError
+
+
+def _speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--speed must be 'max' or a positive number, got {value!r}") from None
+    if not speed > 0:
+        raise argparse.ArgumentTypeError(f"--speed must be positive, got {value!r}")
+    return speed
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coby", description="Cryptocurrency Order Book Yielder")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stream = sub.add_parser("stream", help="stream live books and trades into PostgreSQL and Redis")
+    stream.add_argument("specs", nargs="*", metavar="EXCHANGE:SYMBOLS",
+                        help="e.g. binance:BTC-USDT,ETH-USDT (default: COBY_STREAMS or a BTC/ETH set per exchange)")
+    stream.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    stream.add_argument("--record", metavar="DIR", help="also record every raw frame (coby-capture/1) into DIR")
+
+    capture = sub.add_parser("capture", help="recorded sessions")
+    capture_sub = capture.add_subparsers(dest="capture_command", required=True)
+    replay = capture_sub.add_parser("replay", help="serve a recorded session on 127.0.0.1 and stream it through COBY")
+    replay.add_argument("file")
+    replay.add_argument("--exchange", metavar="PROTOCOL",
+                        help="protocol when the venue differs (binance for Binance.US/TR, okx for Okcoin)")
+    replay.add_argument("--speed", type=_speed, default=None, metavar="max|1|N", help="replay speed (default max)")
+    replay.add_argument("--timeout", type=_positive, default=120.0, help="give up after this many seconds")
+
+    simulate = sub.add_parser("simulate", help="run simulated exchanges on 127.0.0.1")
+    simulate.add_argument("--exchanges", default="binance,kraken,okx")
+    simulate.add_argument("--duration", type=_positive)
+    simulate.add_argument("--rate", type=float, default=50.0, help="market events per second per symbol")
+
+    demo = sub.add_parser("demo", help="embedded servers + simulated exchanges + streamer + Dagster")
+    demo.add_argument("--duration", type=_positive, help="run bounded, materialize the covered hours, print a summary")
+    demo.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI and daemon")
+    demo.add_argument("--ui-port", type=int, default=3000)
+    demo.add_argument("--rate", type=float, default=50.0, help="market events per second per symbol")
+
+    materialize = sub.add_parser("materialize", help="materialize the pipeline for hour partitions (YYYY-MM-DD-HH:00)")
+    materialize.add_argument("partitions", nargs="*")
+    materialize.add_argument("--from", dest="start")
+    materialize.add_argument("--to", dest="end")
+
+    sub.add_parser("schema", help="create or upgrade the PostgreSQL schema")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from . import commands  # imported late: keeps `coby --help` fast
+
+    try:
+        if args.command == "stream":
+            result = asyncio.run(commands.stream(args))
+        elif args.command == "capture":
+            result = asyncio.run(commands.capture_replay(args))
+        elif args.command == "simulate":
+            result = asyncio.run(commands.simulate(args))
+        elif args.command == "demo":
+            result = commands.demo(args)
+        elif args.command == "materialize":
+            result = commands.materialize(args)
+        elif args.command == "schema":
+            result = commands.schema(args)
+        else:  # pragma: no cover - argparse enforces the choices
+            raise AssertionError(args.command)
+    except CobyError as exc:
+        print(f"coby: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if result is not None:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

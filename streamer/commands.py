@@ -1,0 +1,321 @@
+"""What each ``coby`` subcommand does (argument parsing lives in :mod:`streamer.cli`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from contextlib import suppress
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+
+from .config import Settings, load_settings
+from .connection.ws import WsOptions
+from .contract import TABLES
+from .endpoints import resolve_endpoints
+from .errors import ConfigError
+from .exchanges.base import Endpoints
+from .exchanges.registry import PROTOCOL_ALIASES, get_mapper
+from .feed import FeedConfig
+from .live import read_live_books
+from .services import running_services
+from .symbols import validate_symbol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STREAMS = "binance:BTC-USDT,ETH-USDT kraken:BTC-USD,ETH-USD okx:BTC-USDT,ETH-USDT"
+DEMO_SYMBOLS = {
+    "binance": ["BTC-USDT", "ETH-USDT", "SOL-USDT"],
+    "kraken": ["BTC-USD", "ETH-USD", "SOL-USD"],
+    "okx": ["BTC-USDT", "ETH-USDT", "SOL-USDT"],
+}
+
+
+def parse_stream_specs(specs: list[str]) -> dict[str, list[str]]:
+    """``["binance:BTC-USDT,ETH-USDT", ...]`` -> ``{"binance": ["BTC-USDT", "ETH-USDT"]}``."""
+    result: dict[str, list[str]] = {}
+    for spec in specs:
+        exchange, sep, symbols = spec.partition(":")
+        exchange = exchange.strip().lower()
+        if not sep or not symbols.strip():
+            raise ConfigError(f"stream spec must look like exchange:SYM1,SYM2, got {spec!r}")
+        get_mapper(exchange)  # raises UnknownExchangeError with the list of known ones
+        result.setdefault(exchange, [])
+        for symbol in symbols.split(","):
+            result[exchange].append(validate_symbol(symbol.strip()))
+    return result
+
+
+async def _run_streamer(settings: Settings, feeds: list[FeedConfig], *, duration: float | None,
+                        record_dir: Path | None = None) -> dict:
+    from .app import Streamer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    streamer = Streamer(settings, feeds, record_dir=record_dir)
+    await streamer.start()
+    try:
+        deadline = None if duration is None else loop.time() + duration
+        while not stop.is_set():
+            timeout = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+            if timeout <= 0:
+                break
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+            failure = streamer.failed_task()
+            if failure is not None:
+                raise failure
+    finally:
+        await streamer.stop()
+    return streamer.summary()
+
+
+async def stream(args) -> dict:
+    settings = load_settings()
+    specs = args.specs or (os.environ.get("COBY_STREAMS") or DEFAULT_STREAMS).split()
+    wanted = parse_stream_specs(specs)
+    feeds = [
+        FeedConfig(exchange, symbols, resolve_endpoints(get_mapper(exchange)))
+        for exchange, symbols in wanted.items()
+    ]
+    with running_services(settings) as resolved:
+        return await _run_streamer(resolved, feeds, duration=args.duration,
+                                   record_dir=Path(args.record) if args.record else None)
+
+
+async def capture_replay(args, settings: Settings | None = None) -> dict:
+    from .app import Streamer
+    from .capture.reader import load_capture
+    from .capture.replay import CaptureReplayBackend, protocol_of, session_symbols
+    from .local.server import LocalExchangeServer
+
+    capture = load_capture(Path(args.file))
+    protocol = (args.exchange or protocol_of(capture)).lower()
+    protocol = PROTOCOL_ALIASES.get(protocol, protocol)
+    mapper = get_mapper(protocol)
+    natives = session_symbols(capture, protocol)
+    if not natives:
+        raise ConfigError(f"{args.file}: no book or trade subscriptions found in the session")
+    backend = CaptureReplayBackend(capture, speed=args.speed)
+    settings = settings or load_settings()
+    with running_services(settings) as resolved:
+        async with LocalExchangeServer(backend) as server:
+            ws_url = server.ws_base_url + _ws_path(mapper.default_endpoints.ws_url)
+            feed = FeedConfig(
+                protocol, [], Endpoints(ws_url, server.rest_base_url),
+                # The capture ends; a quiet replay is not a stall to reconnect from.
+                ws=WsOptions(stall_timeout=max(60.0, args.timeout)),
+                native_symbols=natives,
+            )
+            streamer = Streamer(resolved, [feed])
+            await streamer.start()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + args.timeout
+            timed_out = False
+            try:
+                while loop.time() < deadline:
+                    failure = streamer.failed_task()
+                    if failure is not None:
+                        raise failure
+                    exchange_feed = streamer.feeds[0]
+                    if (backend.finished.is_set() and exchange_feed.stats.frames >= backend.frames_sent
+                            and exchange_feed.pending_resyncs == 0):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    timed_out = True
+                # What the orchestrator would read from Redis at the end of the session.
+                await streamer.redis.flush()
+                live = await read_live_books(resolved.redis, protocol)
+            finally:
+                await streamer.stop()
+    summary = streamer.summary()[protocol]
+    books = summary.pop("books")
+    exchange_feed = streamer.feeds[0]
+    result = {
+        "exchange": capture.meta.get("exchange", protocol),
+        "protocol": protocol,
+        "session": capture.meta.get("session"),
+        "frames": summary["frames"],
+        "frames_served": backend.frames_sent,
+        "book_updates": summary["book_updates"],
+        "trades": summary["trades"],
+        "snapshots_written": summary["snapshots_written"],
+        "sequence_gaps": summary["sequence_gaps"],
+        "resyncs": summary["resyncs"],
+        "checksum_ok": sum(s.checksum_ok for s in exchange_feed.books.values()),
+        "checksum_failed": sum(s.checksum_failed for s in exchange_feed.books.values()),
+        "rejected": summary["rejected"],
+        "timed_out": timed_out,
+        "books": books,
+        "redis_books": {
+            book["symbol"]: {"bid": book["bids"][0] if book["bids"] else None,
+                             "ask": book["asks"][0] if book["asks"] else None}
+            for book in live.values()
+        },
+    }
+    return result
+
+
+def _ws_path(url: str) -> str:
+    """The path part of an exchange's default WebSocket URL (OKX serves under /ws/v5/public)."""
+    from urllib.parse import urlparse
+
+    path = urlparse(url).path
+    return path if path not in ("", "/") else ""
+
+
+async def simulate(args) -> dict:
+    from .simulator.backend import run_simulated_exchanges
+
+    protocols = [p.strip() for p in args.exchanges.split(",") if p.strip()]
+    for protocol in protocols:
+        get_mapper(protocol)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with run_simulated_exchanges(protocols, {p: DEMO_SYMBOLS[p] for p in protocols}, rate=args.rate) as urls:
+        for protocol, endpoints in urls.items():
+            print(f"{protocol}: ws={endpoints.ws_url} rest={endpoints.rest_url}", file=sys.stderr, flush=True)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration)
+    return {"exchanges": {p: {"ws": e.ws_url, "rest": e.rest_url} for p, e in urls.items()}}
+
+
+def hour_keys(start: datetime, end: datetime) -> list[str]:
+    """Hourly partition keys (``YYYY-MM-DD-HH:00``) overlapping [start, end]."""
+    hour = start.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    keys = []
+    while hour <= end:
+        keys.append(hour.strftime("%Y-%m-%d-%H:00"))
+        hour += timedelta(hours=1)
+    return keys
+
+
+def _table_counts(settings: Settings) -> dict[str, int]:
+    from psycopg import sql
+
+    counts = {}
+    with psycopg.connect(settings.db.url(), autocommit=True) as conn:
+        for table in TABLES:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(settings.db.schema), sql.Identifier(table.name)
+            )
+            counts[table.name] = conn.execute(query).fetchone()[0]
+    return counts
+
+
+def demo(args, settings: Settings | None = None) -> dict:
+    from .embedded import export_env
+
+    settings = settings or load_settings()
+    with running_services(settings) as resolved:
+        child_env = {**os.environ, **export_env(resolved)}
+        dagster_home = (resolved.data_dir / "dagster").resolve()
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        child_env["DAGSTER_HOME"] = str(dagster_home)
+        child_env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+        os.environ.update({k: v for k, v in child_env.items() if k not in os.environ or k == "DAGSTER_HOME"})
+        _install_dagster_yaml(dagster_home)
+        ui = None if args.no_ui else _start_dagster_ui(child_env, args.ui_port)
+        started = datetime.now(timezone.utc)
+        try:
+            summary = asyncio.run(_demo_stream(resolved, args))
+            ended = datetime.now(timezone.utc)
+            result: dict = {"started": started.isoformat(), "ended": ended.isoformat(), "streamer": summary}
+            if args.duration is not None:
+                from coby_pipeline.materialize import materialize_hours
+
+                keys = hour_keys(started, ended)
+                materialized = materialize_hours(keys)
+                result.update(
+                    partitions=keys,
+                    assets=materialized,
+                    replay_dataset=str(materialized.get("replay_dataset", "")),
+                    rows=_table_counts(resolved),
+                    dagster_ui=None if ui is None else f"http://127.0.0.1:{args.ui_port}",
+                )
+            return result
+        finally:
+            if ui is not None:
+                _stop_process(ui)
+
+
+async def _demo_stream(settings: Settings, args) -> dict:
+    from .simulator.backend import run_simulated_exchanges
+
+    async with run_simulated_exchanges(list(DEMO_SYMBOLS), DEMO_SYMBOLS, rate=args.rate) as urls:
+        feeds = [FeedConfig(p, DEMO_SYMBOLS[p], urls[p]) for p in DEMO_SYMBOLS]
+        return await _run_streamer(settings, feeds, duration=args.duration)
+
+
+def _install_dagster_yaml(dagster_home: Path) -> None:
+    source = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    target = dagster_home / "dagster.yaml"
+    if source.exists() and not target.exists():
+        target.write_text(source.read_text())
+
+
+def _start_dagster_ui(env: dict[str, str], port: int) -> subprocess.Popen:
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+    log.info("starting Dagster UI and daemon on http://127.0.0.1:%d", port)
+    # Default signal handling, so the process group can be stopped by SIGTERM.
+    return subprocess.Popen(command, env=env, start_new_session=True, stdout=sys.stderr, stderr=sys.stderr)
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def materialize(args) -> dict:
+    from coby_pipeline.materialize import materialize_hours
+
+    keys = list(args.partitions)
+    if args.start or args.end:
+        if not (args.start and args.end):
+            raise ConfigError("--from and --to go together")
+        fmt = "%Y-%m-%d-%H:%M"
+        try:
+            start = datetime.strptime(args.start, fmt).replace(tzinfo=timezone.utc)
+            end = datetime.strptime(args.end, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise ConfigError("--from/--to must look like 2026-11-25-13:00") from None
+        keys += hour_keys(start, end)
+    if not keys:
+        raise ConfigError("name at least one hour partition (YYYY-MM-DD-HH:00) or --from/--to")
+    settings = load_settings()
+    from .embedded import export_env
+
+    with running_services(settings) as resolved:
+        os.environ.update(export_env(resolved))
+        return materialize_hours(keys)
+
+
+def schema(args) -> dict:
+    from .sinks.schema import apply_schema
+
+    settings = load_settings()
+    with running_services(settings) as resolved:
+        with psycopg.connect(resolved.db.url(), autocommit=True) as conn:
+            report = apply_schema(conn, resolved)
+    return {"schema": resolved.db.schema, "report": str(report)}
+
+

@@ -1,0 +1,182 @@
+"""One exchange WebSocket connection, kept alive.
+
+The adapter knows nothing about any exchange: it connects, hands every frame
+with its receive time to ``on_frame``, sends what it is told to, answers the
+protocol's application-level pings on a timer, detects stalls (no frame for
+``stall_timeout`` seconds) and reconnects with capped, jittered backoff. What
+to subscribe to, and what frames mean, belongs to the mapper and the feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .backoff import Backoff
+from .clock import now_us
+
+log = logging.getLogger(__name__)
+
+
+class FrameRecorder(Protocol):
+    """Receives every frame in both directions (see :mod:`streamer.capture.writer`)."""
+
+    def connect(self, conn: int, url: str) -> None: ...
+    def send(self, conn: int, url: str, data: str) -> None: ...
+    def recv(self, conn: int, data: str | bytes) -> None: ...
+
+
+@dataclass
+class WsOptions:
+    stall_timeout: float = 30.0
+    open_timeout: float = 10.0
+    #: Frames larger than this are refused by the client (oversized-frame protection).
+    max_frame_bytes: int = 8 * 1024 * 1024
+    #: Protocol-level (RFC 6455) ping interval; exchanges also answer those.
+    ws_ping_interval: float | None = 20.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+
+
+OnFrame = Callable[[str | bytes, int], Awaitable[None]]
+OnConnect = Callable[["WsClient"], Awaitable[None]]
+OnDisconnect = Callable[["WsClient", str], Awaitable[None]]
+
+
+class WsClient:
+    """Keeps one WebSocket open until :meth:`stop`; reconnects after any failure."""
+
+    def __init__(
+        self,
+        name: str,
+        url_factory: Callable[[], str],
+        *,
+        on_frame: OnFrame,
+        on_connect: OnConnect,
+        on_disconnect: OnDisconnect,
+        options: WsOptions | None = None,
+        ping_message: Callable[[], str | None] = lambda: None,
+        ping_interval: float | None = None,
+        recorder: FrameRecorder | None = None,
+        conn_id: int = 0,
+    ) -> None:
+        self.name = name
+        self._url_factory = url_factory
+        self._on_frame = on_frame
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self.options = options or WsOptions()
+        self._ping_message = ping_message
+        self._ping_interval = ping_interval
+        self._recorder = recorder
+        self.conn_id = conn_id
+        self._ws: ClientConnection | None = None
+        self._stopping = asyncio.Event()
+        self._backoff = Backoff(self.options.backoff_base, self.options.backoff_cap)
+        self.connects = 0
+        self.frames = 0
+        self.last_frame_us: int | None = None
+        self.url = ""
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    async def send(self, text: str) -> None:
+        ws = self._ws
+        if ws is None:
+            raise ConnectionError(f"{self.name}: not connected")
+        if self._recorder is not None:
+            self._recorder.send(self.conn_id, self.url, text)
+        await ws.send(text)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+
+    async def reconnect(self, reason: str) -> None:
+        """Drop the current connection; :meth:`run` reconnects."""
+        ws = self._ws
+        if ws is not None:
+            log.info("%s: reconnecting (%s)", self.name, reason)
+            await ws.close(code=1000, reason=reason[:100])
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            reason = "closed"
+            self.url = self._url_factory()
+            try:
+                async with connect(
+                    self.url,
+                    open_timeout=self.options.open_timeout,
+                    max_size=self.options.max_frame_bytes,
+                    ping_interval=self.options.ws_ping_interval,
+                    close_timeout=2,
+                    max_queue=256,  # bounded: backpressure reaches the exchange's TCP window
+                ) as ws:
+                    self._ws = ws
+                    self.connects += 1
+                    self._backoff.reset()
+                    if self._recorder is not None:
+                        self._recorder.connect(self.conn_id, self.url)
+                    await self._on_connect(self)
+                    reason = await self._receive_loop(ws)
+            except asyncio.CancelledError:
+                raise
+            except InvalidStatus as exc:
+                reason = f"handshake rejected: HTTP {exc.response.status_code}"
+            except (OSError, ConnectionClosed, websockets.exceptions.WebSocketException, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._ws = None
+            await self._on_disconnect(self, reason)
+            if self._stopping.is_set():
+                break
+            delay = self._backoff.next_delay()
+            log.warning("%s: disconnected (%s); reconnecting in %.1fs", self.name, reason, delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _receive_loop(self, ws: ClientConnection) -> str:
+        pinger = asyncio.create_task(self._ping_loop(ws)) if self._ping_interval else None
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(ws.recv(), timeout=self.options.stall_timeout)
+                except TimeoutError:
+                    return f"stall: no frame for {self.options.stall_timeout:g}s"
+                except ConnectionClosed as exc:
+                    if exc.rcvd is not None and exc.rcvd.code == 1009:
+                        return "closed: frame too big"
+                    return f"closed: {exc.rcvd.code if exc.rcvd else 'no close frame'}"
+                ts = now_us()
+                self.frames += 1
+                self.last_frame_us = ts
+                if self._recorder is not None:
+                    self._recorder.recv(self.conn_id, frame)
+                await self._on_frame(frame, ts)
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+
+    async def _ping_loop(self, ws: ClientConnection) -> None:
+        assert self._ping_interval is not None
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            message = self._ping_message()
+            if message is None:
+                return
+            try:
+                await ws.send(message)
+            except ConnectionClosed:
+                return

@@ -1,0 +1,390 @@
+"""Redis live cache: latest book per symbol, capped trade streams, connection status.
+
+Key layout: :class:`streamer.contract.RedisKeys` (fixed there).
+
+Writes are **coalesced**: :meth:`RedisSink.publish_book` only records the
+latest top levels of a book and marks it dirty; a background flush (every
+``flush_interval`` seconds, 50 ms by default, or :meth:`RedisSink.flush`)
+writes each dirty book once, in one pipeline with the pending trades and
+statuses. A symbol that changes 200 times between two flushes costs one
+``SET`` + ``SADD`` + ``PUBLISH``, not 200.
+
+Redis is a cache, PostgreSQL the system of record, so Redis trouble never
+reaches the caller: the public methods are synchronous, never block and never
+raise. While Redis is unreachable the sink keeps only the latest state per key
+(bounded by the number of symbols) plus, per trade stream, the newest
+``pending_trades_per_stream`` trades (older ones are counted in
+``trades_dropped``: they remain in PostgreSQL). It reconnects with capped,
+jittered backoff; after any (re)connection, including a Redis restart noticed
+only by the client library's own reconnect, it rewrites every live book and
+status, so a restarted, empty Redis is repopulated within one flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..config import Settings
+from ..contract import RedisKeys
+from ..models import ConnectionStatus, RawLevel, TradeEvent
+
+log = logging.getLogger(__name__)
+
+BookKey = tuple[str, str]  # (exchange, symbol)
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    delay = min(cap, base * (2 ** min(attempt, 16)))
+    return delay * (0.5 + random.random() / 2)
+
+
+def book_json(
+    exchange: str,
+    symbol: str,
+    native_symbol: str,
+    bids: list[RawLevel],
+    asks: list[RawLevel],
+    seq: int | None,
+    local_ts: int,
+    exchange_ts: int | None,
+) -> bytes:
+    """The JSON document stored at ``RedisKeys.book`` (layout in its docstring)."""
+    return orjson.dumps(
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "native_symbol": native_symbol,
+            "local_ts": local_ts,
+            "exchange_ts": exchange_ts,
+            "seq": seq,
+            "bids": bids,
+            "asks": asks,
+        }
+    )
+
+
+def trade_fields(trade: TradeEvent) -> dict[str, str]:
+    """Fields of one trade-stream entry."""
+    return {
+        "trade_id": trade.trade_id,
+        "price": trade.price,
+        "size": trade.size,
+        "side": trade.side,
+        "local_ts": str(trade.local_ts),
+        "exchange_ts": "" if trade.exchange_ts is None else str(trade.exchange_ts),
+    }
+
+
+class RedisSink:
+    """Coalescing, never-blocking writer of the live cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        flush_interval: float = 0.05,
+        pending_trades_per_stream: int | None = None,
+        reconnect_base_delay: float = 0.1,
+        reconnect_max_delay: float = 5.0,
+        socket_timeout: float = 2.0,
+        health_interval: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.keys = RedisKeys(settings.redis.prefix)
+        self.flush_interval = flush_interval
+        self.pending_trades_per_stream = pending_trades_per_stream or settings.trade_stream_maxlen
+        self.stream_maxlen = settings.trade_stream_maxlen
+        self.reconnect_base_delay = reconnect_base_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.socket_timeout = socket_timeout
+        self.health_interval = health_interval
+        self._last_round_trip = 0.0
+
+        # Latest state: what Redis must hold (rewritten in full after a reconnect).
+        self._books: dict[BookKey, tuple] = {}
+        self._statuses: dict[str, dict[str, str]] = {}
+        # What the next flush must write.
+        self._dirty_books: set[BookKey] = set()
+        self._deleted_books: set[BookKey] = set()
+        self._dirty_statuses: set[str] = set()
+        self._trades: dict[BookKey, deque[dict[str, str]]] = {}
+        #: Set on every new Redis connection: the next flush rewrites everything.
+        self._resync = True
+
+        self._client: aioredis.Redis | None = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._io_lock = asyncio.Lock()
+        self._closed = False
+        self._failures = 0
+
+        # Counters.
+        self.flushes = 0
+        self.books_written = 0
+        self.book_publishes = 0
+        self.trades_written = 0
+        self.trades_dropped = 0
+        self.errors = 0
+        self.resyncs = 0
+        self.connected = False
+        self.last_flush_latency: float | None = None
+        self.last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        kwargs = self.settings.redis.client_kwargs()
+        self._client = aioredis.Redis(
+            **kwargs,
+            socket_connect_timeout=self.socket_timeout,
+            socket_timeout=self.socket_timeout,
+            # One attempt per command: the flush loop owns retrying (with backoff),
+            # so a dead Redis never stalls a flush in the client's own retries.
+            retry=Retry(NoBackoff(), 0),
+            redis_connect_func=self._on_connect,
+            max_connections=4,
+        )
+        self._task = asyncio.create_task(self._run(), name="redis-sink-flusher")
+
+    async def _on_connect(self, connection) -> None:
+        await connection.on_connect()
+        # A new connection may be to a restarted (empty) server: rewrite all.
+        self._resync = True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Final flush (best effort within ``timeout``), then disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._flush_once(), timeout)
+            except (asyncio.TimeoutError, TimeoutError, RedisError, OSError) as exc:
+                log.warning("Redis final flush failed (%s); live cache may be stale", type(exc).__name__)
+            await self._client.aclose()
+            self._client = None
+
+    async def __aenter__(self) -> "RedisSink":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- producers (synchronous, never block, never raise on Redis trouble) --
+
+    def publish_book(
+        self,
+        exchange: str,
+        symbol: str,
+        native_symbol: str,
+        bids: list[RawLevel],
+        asks: list[RawLevel],
+        seq: int | None,
+        local_ts: int,
+        exchange_ts: int | None,
+    ) -> None:
+        """Record the latest top levels (best first) of a synchronised book."""
+        key = (exchange, symbol)
+        self._books[key] = (exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts)
+        self._dirty_books.add(key)
+        self._deleted_books.discard(key)
+        self.book_publishes += 1
+
+    def delete_book(self, exchange: str, symbol: str) -> None:
+        """The book is resynchronising: remove it so no stale book is served."""
+        key = (exchange, symbol)
+        self._books.pop(key, None)
+        self._dirty_books.discard(key)
+        self._deleted_books.add(key)
+        self._wake.set()  # a stale book should disappear as soon as possible
+
+    def add_trade(self, trade: TradeEvent) -> None:
+        key = (trade.exchange, trade.symbol)
+        pending = self._trades.get(key)
+        if pending is None:
+            pending = self._trades[key] = deque(maxlen=self.pending_trades_per_stream)
+        if len(pending) == pending.maxlen:
+            self.trades_dropped += 1  # the oldest pending trade leaves the live cache (still in PostgreSQL)
+        pending.append(trade_fields(trade))
+
+    def set_status(self, status: ConnectionStatus) -> None:
+        self._statuses[status.exchange] = status.as_redis_hash()
+        self._dirty_statuses.add(status.exchange)
+
+    async def flush(self) -> bool:
+        """Write everything pending now; False if Redis could not be reached."""
+        try:
+            await self._flush_once()
+            return True
+        except (RedisError, OSError) as exc:
+            self._flush_failed(exc)
+            return False
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "flushes": self.flushes,
+            "book_publishes": self.book_publishes,
+            "books_written": self.books_written,
+            "trades_written": self.trades_written,
+            "trades_dropped": self.trades_dropped,
+            "trades_pending": sum(len(d) for d in self._trades.values()),
+            "errors": self.errors,
+            "resyncs": self.resyncs,
+            "live_books": len(self._books),
+            "last_flush_latency": self.last_flush_latency,
+            "last_error": self.last_error,
+        }
+
+    # -- flushing ------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(self._resync or self._dirty_books or self._deleted_books or self._dirty_statuses or self._trades)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+            self._wake.clear()
+            try:
+                if not self._has_work():
+                    await self._check_health()
+                    continue
+                await self._flush_once()
+                if self._resync:  # a reconnect happened during that flush: rewrite all now
+                    await self._flush_once()
+                self._failures = 0
+            except (RedisError, OSError) as exc:
+                self._flush_failed(exc)
+                await asyncio.sleep(_backoff(self._failures, self.reconnect_base_delay, self.reconnect_max_delay))
+                self._failures += 1
+            except Exception:  # a bug must not kill the cache silently; keep running and say so
+                self.errors += 1
+                log.exception("unexpected error in the Redis flush loop")
+                await asyncio.sleep(self.reconnect_max_delay)
+
+    async def _check_health(self) -> None:
+        """PING when idle, so a Redis restart is noticed (and the cache rewritten
+        on reconnect) even when no book is changing."""
+        if time.monotonic() - self._last_round_trip < self.health_interval:
+            return
+        await self._client.ping()  # type: ignore[union-attr]
+        self._last_round_trip = time.monotonic()
+        if not self.connected:
+            self.connected = True
+            log.info("Redis %s reachable", self.settings.redis.safe_description())
+
+    def _flush_failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.connected or self.last_error is None:
+            log.warning("Redis %s unreachable (%s); keeping latest state in memory",
+                        self.settings.redis.safe_description(), type(exc).__name__)
+        self.connected = False
+        self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self._resync = True
+
+    async def _flush_once(self) -> None:
+        if self._client is None:
+            raise RuntimeError("RedisSink.start() has not been called")
+        async with self._io_lock:
+            # Take what is pending now; producers keep adding while we await.
+            resync, self._resync = self._resync, False
+            if resync:
+                dirty_books = set(self._books)
+                dirty_statuses = set(self._statuses)
+                self._dirty_books.clear()
+                self._dirty_statuses.clear()
+            else:
+                dirty_books, self._dirty_books = self._dirty_books, set()
+                dirty_statuses, self._dirty_statuses = self._dirty_statuses, set()
+            deleted, self._deleted_books = self._deleted_books, set()
+            trades, self._trades = self._trades, {}
+            try:
+                started = time.perf_counter()
+                written, executed = await self._write(dirty_books, deleted, dirty_statuses, trades)
+                self.last_flush_latency = time.perf_counter() - started
+            except BaseException:
+                self._restore(dirty_books, deleted, dirty_statuses, trades, resync)
+                raise
+            if not executed:
+                return  # nothing was pending: no round trip, nothing learned about Redis
+            self._last_round_trip = time.monotonic()
+            self.flushes += 1
+            self.books_written += written
+            self.trades_written += sum(len(d) for d in trades.values())
+            if resync:
+                self.resyncs += 1
+            if not self.connected:
+                log.info("Redis %s reachable; live cache rewritten", self.settings.redis.safe_description())
+            self.connected = True
+
+    async def _write(self, dirty_books, deleted, dirty_statuses, trades) -> tuple[int, bool]:
+        """One pipeline for everything; returns (books written, whether anything was sent)."""
+        keys = self.keys
+        pipe = self._client.pipeline(transaction=False)  # type: ignore[union-attr]
+        for exchange, symbol in deleted:
+            pipe.delete(keys.book(exchange, symbol))
+            pipe.srem(keys.books, f"{exchange}:{symbol}")
+        written = 0
+        for key in dirty_books:
+            args = self._books.get(key)
+            if args is None:  # deleted since it was marked dirty
+                continue
+            exchange, symbol = key
+            member = f"{exchange}:{symbol}"
+            pipe.set(keys.book(exchange, symbol), book_json(*args))
+            pipe.sadd(keys.books, member)
+            pipe.publish(keys.updates_channel, member)
+            written += 1
+        for (exchange, symbol), entries in trades.items():
+            stream = keys.trades(exchange, symbol)
+            for fields in entries:
+                pipe.xadd(stream, fields, maxlen=self.stream_maxlen, approximate=True)
+        for exchange in dirty_statuses:
+            status = self._statuses.get(exchange)
+            if status is not None:
+                pipe.hset(keys.status(exchange), mapping=status)
+        if not len(pipe):
+            return 0, False
+        await pipe.execute()
+        return written, True
+
+    def _restore(self, dirty_books, deleted, dirty_statuses, trades, resync) -> None:
+        """Put back what a failed flush did not write, newest state winning."""
+        self._resync = self._resync or resync
+        self._dirty_books |= {k for k in dirty_books if k in self._books}
+        self._dirty_statuses |= dirty_statuses
+        # A book deleted before the failed flush stays deleted unless republished since.
+        self._deleted_books |= {k for k in deleted if k not in self._books}
+        for key, old in trades.items():
+            newer = self._trades.get(key)
+            merged: deque[dict[str, str]] = deque(maxlen=self.pending_trades_per_stream)
+            overflow = len(old) + (len(newer) if newer else 0) - self.pending_trades_per_stream
+            if overflow > 0:
+                self.trades_dropped += overflow
+            merged.extend(old)
+            if newer:
+                merged.extend(newer)
+            self._trades[key] = merged
