@@ -125,12 +125,4 @@ class Streamer:
         return None
 
     def summary(self) -> dict:
-        per_exchange = {}
-        for feed in self.feeds:
-            books = {}
-            for sync in feed.books.values():
-                bid, ask = sync.book.best_bid(), sync.book.best_ask()
-                if sync.is_synced:
-                    books[sync.symbol] = {"bid": list(bid) if bid else None, "ask": list(ask) if ask else None}
-            per_exchange[feed.exchange] = {**feed.stats.as_dict(), "books": books}
-        return per_exchange
+        return {feed.exchange: feed.summary() for feed in self.feeds}

@@ -139,7 +139,6 @@ async def capture_replay(args, settings: Settings | None = None) -> dict:
                 await streamer.stop()
     summary = streamer.summary()[protocol]
     books = summary.pop("books")
-    exchange_feed = streamer.feeds[0]
     result = {
         "exchange": capture.meta.get("exchange", protocol),
         "protocol": protocol,
@@ -151,8 +150,8 @@ async def capture_replay(args, settings: Settings | None = None) -> dict:
         "snapshots_written": summary["snapshots_written"],
         "sequence_gaps": summary["sequence_gaps"],
         "resyncs": summary["resyncs"],
-        "checksum_ok": sum(s.checksum_ok for s in exchange_feed.books.values()),
-        "checksum_failed": sum(s.checksum_failed for s in exchange_feed.books.values()),
+        "checksum_ok": summary["checksum_ok"],
+        "checksum_failed": summary["checksum_failed"],
         "rejected": summary["rejected"],
         "timed_out": timed_out,
         "books": books,

@@ -42,6 +42,9 @@ from .stats import FeedStats
 
 log = logging.getLogger(__name__)
 
+#: Seconds without a resync after which a symbol's resync backoff starts over.
+RESYNC_QUIET_PERIOD = 10.0
+
 
 @dataclass
 class FeedConfig:
@@ -84,6 +87,7 @@ class ExchangeFeed:
         # of one symbol reach the sinks in the order they were applied.
         self._lock = asyncio.Lock()
         self._stopping = False
+        self._resync_backoff: dict[str, tuple[Backoff | None, float]] = {}
 
     # -- lifecycle ------------------------------------------------------------
     async def prepare(self) -> None:
@@ -134,6 +138,19 @@ class ExchangeFeed:
         self.status.state = ConnectionState.STOPPED
         self.outputs.status(self.status)
 
+    def summary(self) -> dict:
+        """Counters, with the checksum results of every book, and the final best levels."""
+        stats = self.stats.as_dict()
+        stats["checksum_ok"] = sum(sync.checksum_ok for sync in self.books.values())
+        stats["checksum_failed"] = sum(sync.checksum_failed for sync in self.books.values())
+        books = {}
+        for sync in self.books.values():
+            if sync.is_synced:
+                bid, ask = sync.book.best_bid(), sync.book.best_ask()
+                books[sync.symbol] = {"bid": list(bid) if bid else None, "ask": list(ask) if ask else None}
+        stats["books"] = books
+        return stats
+
     @property
     def pending_resyncs(self) -> int:
         return sum(1 for t in self._resync_tasks.values() if not t.done())
@@ -149,8 +166,9 @@ class ExchangeFeed:
         self.outputs.status(self.status)
         await self._record(FeedEvent(self.exchange, FeedEventKind.CONNECTED, ts, detail=client.url))
         # A new connection means new snapshots for every book.
-        for sync in self.books.values():
-            await self._reset_book(sync, "new connection", ts, count_resync=client.connects > 1)
+        async with self._lock:
+            for sync in self.books.values():
+                await self._reset_book(sync, "new connection", ts, count_resync=client.connects > 1)
         for message in self.mapper.subscribe_messages(self._native_symbols):
             await client.send(message)
         for native in self._native_symbols:
@@ -255,23 +273,49 @@ class ExchangeFeed:
             self.outputs.book_unsynced(self.exchange, sync.symbol)
 
     async def _resync(self, sync: BookSync) -> None:
+        """Ask for a fresh snapshot of one symbol, backing off when resyncs repeat
+        quickly (a snapshot that never bridges must not become a request storm)."""
         native = sync.native_symbol
+        delay = self._resync_delay(native)
         if self.mapper.snapshot_request(native) is not None:
-            self._schedule_rest_snapshot(native)
+            self._schedule_rest_snapshot(native, delay)
             return
+        task = self._resync_tasks.get(native)
+        if task is not None and not task.done():
+            return
+        self._resync_tasks[native] = asyncio.create_task(self._resubscribe(native, delay), name=f"resub-{native}")
+
+    def _resync_delay(self, native: str) -> float:
+        loop = asyncio.get_running_loop()
+        backoff, last = self._resync_backoff.get(native, (None, 0.0))
+        if backoff is None or loop.time() - last > RESYNC_QUIET_PERIOD:
+            backoff = Backoff(base=0.5, cap=30.0)
+            delay = 0.0
+        else:
+            delay = backoff.next_delay()
+        self._resync_backoff[native] = (backoff, loop.time())
+        return delay
+
+    async def _resubscribe(self, native: str, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         client = self._client
         if client is None or not client.connected:
             return  # the next connection resubscribes everything
         for message in self.mapper.resubscribe_messages(native):
             await client.send(message)
 
-    def _schedule_rest_snapshot(self, native: str) -> None:
+    def _schedule_rest_snapshot(self, native: str, delay: float = 0.0) -> None:
         task = self._resync_tasks.get(native)
         if task is not None and not task.done():
             return
-        self._resync_tasks[native] = asyncio.create_task(self._fetch_snapshot(native), name=f"snapshot-{native}")
+        self._resync_tasks[native] = asyncio.create_task(
+            self._fetch_snapshot(native, delay), name=f"snapshot-{native}"
+        )
 
-    async def _fetch_snapshot(self, native: str) -> None:
+    async def _fetch_snapshot(self, native: str, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         request = self.mapper.snapshot_request(native)
         assert request is not None and self.rest is not None
         sync = self.books[native]

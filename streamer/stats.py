@@ -16,8 +16,6 @@ class FeedStats:
     snapshots_written: int = 0
     sequence_gaps: int = 0
     resyncs: int = 0
-    checksum_ok: int = 0
-    checksum_failed: int = 0
     crossed: int = 0
     #: Frames or parts of frames quarantined with a reason.
     rejected: int = 0

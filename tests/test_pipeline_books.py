@@ -210,6 +210,17 @@ def test_consolidated_heatmap_carries_a_late_exchange_forward():
     assert data.shape == (4, 1) and [row[0] for row in data.bid_size] == [11.0, 12.0, 23.0, 4.0]
 
 
+def test_heatmap_data_refuses_a_huge_matrix_unless_given_a_range():
+    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    # One stray level 5,000 buckets away from the rest.
+    rows = [(t0, "okx", "SOL-USDT", 0.1, price, 1.0, 0.0, 0.0, 0.0) for price in (150.0, 150.1, 650.1)]
+    table = heatmap_table(pl.DataFrame(rows, schema=BUCKET_SCHEMA, orient="row").lazy(), stale_after=timedelta(seconds=5))
+    with pytest.raises(ValueError, match="price_range"):
+        heatmap_data(table, "SOL-USDT", "okx", max_buckets=1000)
+    data = heatmap_data(table, "SOL-USDT", "okx", price_range=(149.0, 151.0))
+    assert data.price_buckets == [150.0, 150.1] and data.bid_size == [[1.0, 1.0]]
+
+
 def test_empty_hour_gives_empty_tables(raw_tables, resources, datasets_root):
     result = run_assets([replay_dataset, price_buckets, heatmap], resources)
     assert result.success

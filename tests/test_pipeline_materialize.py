@@ -96,7 +96,7 @@ def test_backfill_from_the_command_line(raw_tables, pipeline_environment, tmp_pa
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, **pipeline_environment, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "1"}
-    # As if the project were installed: importable from any directory.
+    # Importable from any directory, as after `pip install -e .`, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     command = [
         sys.executable, "-m", "dagster", "job", "backfill",

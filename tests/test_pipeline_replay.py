@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import duckdb
@@ -146,6 +147,13 @@ def test_read_hour_is_exact_and_respects_the_hour_bounds(settings, raw_tables):
     assert as_tuples == sorted(rows[:3])
     got_trades = read_hour(raw_tables, schema, TRADES, WINDOW).to_pylist()
     assert sorted(t["trade_id"] for t in got_trades) == sorted(['a,"b"\nc', ""])
+    # Values that should never be stored still come back as they are, not as errors.
+    odd = (HOUR + timedelta(seconds=3), None, "okx", "BTC-USDT", "nan-1", float("nan"), float("inf"), "buy")
+    copy_rows(raw_tables, schema, TRADES, [odd])
+    (got_odd,) = [t for t in read_hour(raw_tables, schema, TRADES, WINDOW).to_pylist() if t["trade_id"] == "nan-1"]
+    assert math.isnan(got_odd["price"]) and got_odd["size"] == float("inf")
+    only_ts = read_hour(raw_tables, schema, BOOK_UPDATES, WINDOW, columns=["exchange_ts"]).column(0).to_pylist()
+    assert sorted(only_ts, key=lambda t: (t is not None, t)) == sorted((r[1] for r in rows[:3]), key=lambda t: (t is not None, t))
     # The session's own settings are untouched by the extraction.
     assert raw_tables.execute("SHOW extra_float_digits").fetchone()[0] == "1"
 

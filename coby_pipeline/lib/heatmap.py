@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -87,21 +88,37 @@ def heatmap_table(price_buckets: pl.LazyFrame, *, stale_after: timedelta) -> pl.
     return table.sort("symbol", "exchange", "ts", "price_bucket").collect().cast(dict(SCHEMA))
 
 
-def heatmap_data(table: pl.DataFrame, symbol: str, exchange: str = CONSOLIDATED) -> HeatmapData:
+def heatmap_data(
+    table: pl.DataFrame,
+    symbol: str,
+    exchange: str = CONSOLIDATED,
+    *,
+    price_range: tuple[float, float] | None = None,
+    max_buckets: int = 5000,
+) -> HeatmapData:
     """The matrix of one symbol and exchange (``"all"``: consolidated) as HeatmapData.
 
     Times are the seconds with a snapshot, ascending; price buckets run
-    contiguously from the lowest to the highest bucket with liquidity, so the
-    matrix is a regular grid (empty buckets are 0).
+    contiguously from the lowest to the highest bucket with liquidity (or
+    within ``price_range``), so the matrix is a regular grid (empty cells are
+    0). More than ``max_buckets`` rows is refused (a stray far-away level would
+    otherwise make a huge matrix): pass a ``price_range``.
     """
     rows = table.filter((pl.col("symbol") == symbol) & (pl.col("exchange") == exchange))
+    if price_range is not None:
+        rows = rows.filter(pl.col("price_bucket").is_between(*price_range))
     if rows.is_empty():
         return HeatmapData(symbol, exchange, 0.0, [], [], [], [])
     size = float(rows["bucket_size"][0])
     times = rows["ts"].unique().sort()
     low = float(rows["price_bucket"].min())
     high = float(rows["price_bucket"].max())
-    edges = _bucket_grid(low, high, size)
+    edges = bucket_grid(low, high, size)
+    if len(edges) > max_buckets:
+        raise ValueError(
+            f"{symbol}/{exchange} spans {len(edges)} price buckets of {size:g} ({low:g} to {high:g}), "
+            f"more than max_buckets={max_buckets}: pass a narrower price_range"
+        )
     bids, asks = _dense(rows, times, low, size, len(edges))
     return HeatmapData(
         symbol=symbol,
@@ -114,10 +131,13 @@ def heatmap_data(table: pl.DataFrame, symbol: str, exchange: str = CONSOLIDATED)
     )
 
 
-def _bucket_grid(low: float, high: float, size: float) -> list[float]:
+def bucket_grid(low: float, high: float, size: float) -> list[float]:
+    """Every bucket edge from ``low`` to ``high``, as the same doubles the bucket table holds."""
+    num, den = Decimal(repr(size)).as_integer_ratio()
+    first = round(low * den / num)
     count = int(round((high - low) / size)) + 1
-    # Same rounding as the bucket table: edge = index * size from a common origin.
-    return [float(f"{low + i * size:.12g}") for i in range(count)]
+    # index * num / den: the formula of the bucket table, hence identical doubles.
+    return [(first + i) * num / den for i in range(count)]
 
 
 def _dense(rows: pl.DataFrame, times: pl.Series, low: float, size: float, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:

@@ -112,7 +112,8 @@ def read_hour(
     )
     read_options = pa_csv.ReadOptions(column_names=names, block_size=_BLOCK_SIZE, use_threads=True)
     # Free text (trade ids, details) may in principle hold newlines.
-    parse_options = pa_csv.ParseOptions(newlines_in_values=True)
+    # An empty line is a row of NULLs when a single column is read: keep it.
+    parse_options = pa_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
     with conn.transaction():
         # Local to this transaction: the caller's session settings stay as they were.
         conn.execute("SET LOCAL TimeZone = 'UTC'")
