@@ -8,9 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 
@@ -219,35 +220,55 @@ def demo(args, settings: Settings | None = None) -> dict:
 
     settings = settings or load_settings()
     with running_services(settings) as resolved:
-        child_env = {**os.environ, **export_env(resolved)}
         dagster_home = (resolved.data_dir / "dagster").resolve()
         dagster_home.mkdir(parents=True, exist_ok=True)
-        child_env["DAGSTER_HOME"] = str(dagster_home)
-        child_env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-        os.environ.update({k: v for k, v in child_env.items() if k not in os.environ or k == "DAGSTER_HOME"})
         _install_dagster_yaml(dagster_home)
-        ui = None if args.no_ui else _start_dagster_ui(child_env, args.ui_port)
-        started = datetime.now(timezone.utc)
-        try:
-            summary = asyncio.run(_demo_stream(resolved, args))
-            ended = datetime.now(timezone.utc)
-            result: dict = {"started": started.isoformat(), "ended": ended.isoformat(), "streamer": summary}
-            if args.duration is not None:
-                from coby_pipeline.materialize import materialize_hours
+        # The Dagster processes (and the in-process materialization) reach the
+        # same servers through the environment, exactly as a deployment would.
+        pipeline_env = {
+            **export_env(resolved),
+            "DAGSTER_HOME": str(dagster_home),
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+            "COBY_DATASETS_DIR": str((resolved.data_dir / "datasets").resolve()),
+        }
+        with _environ(pipeline_env):
+            ui = None if args.no_ui else _start_dagster_ui(dict(os.environ), args.ui_port)
+            started = datetime.now(timezone.utc)
+            try:
+                summary = asyncio.run(_demo_stream(resolved, args))
+                ended = datetime.now(timezone.utc)
+                result: dict = {"started": started.isoformat(), "ended": ended.isoformat(), "streamer": summary}
+                if args.duration is not None:
+                    from coby_pipeline.materialize import materialize_hours
 
-                keys = hour_keys(started, ended)
-                materialized = materialize_hours(keys)
-                result.update(
-                    partitions=keys,
-                    assets=materialized,
-                    replay_dataset=str(materialized.get("replay_dataset", "")),
-                    rows=_table_counts(resolved),
-                    dagster_ui=None if ui is None else f"http://127.0.0.1:{args.ui_port}",
-                )
-            return result
-        finally:
-            if ui is not None:
-                _stop_process(ui)
+                    keys = hour_keys(started, ended)
+                    materialized = materialize_hours(keys)
+                    result.update(
+                        partitions=keys,
+                        pipeline=materialized,
+                        replay_dataset=materialized["replay_dataset"],
+                        rows=_table_counts(resolved),
+                        dagster_ui=None if ui is None else f"http://127.0.0.1:{args.ui_port}",
+                    )
+                return result
+            finally:
+                if ui is not None:
+                    _stop_process(ui)
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 async def _demo_stream(settings: Settings, args) -> dict:
@@ -303,8 +324,7 @@ def materialize(args) -> dict:
     settings = load_settings()
     from .embedded import export_env
 
-    with running_services(settings) as resolved:
-        os.environ.update(export_env(resolved))
+    with running_services(settings) as resolved, _environ(export_env(resolved)):
         return materialize_hours(keys)
 
 

@@ -16,7 +16,7 @@ from coby_pipeline.defs.replay.assets import replay_dataset
 from coby_pipeline.lib import datasets
 from coby_pipeline.lib.heatmap import CONSOLIDATED, heatmap_data, heatmap_table, load_heatmap_data
 from coby_pipeline.lib.hours import HourWindow
-from coby_pipeline.lib.price_buckets import SCHEMA as BUCKET_SCHEMA, with_price_bucket, _size_table
+from coby_pipeline.lib.price_buckets import SCHEMA as BUCKET_SCHEMA, size_table, with_price_bucket
 from streamer.config import get_bucket_size
 
 from .pipeline_data import (  # noqa: F401  (fixtures)
@@ -127,7 +127,7 @@ def test_bucket_edges_are_exact_for_decimal_prices():
     sizes = {"A-USD": Decimal("0.05"), "B-USD": Decimal("0.1"), "C-USD": Decimal("10"), "D-USD": Decimal("0.00000005")}
     rows = [(symbol, float(p)) for p in prices for symbol in sizes]
     frame = pl.LazyFrame(rows, schema={"symbol": pl.String, "price": pl.Float64}, orient="row")
-    got = with_price_bucket(frame, _size_table(sizes)).collect()
+    got = with_price_bucket(frame, size_table(sizes)).collect()
     for symbol, price, bucket in got.select("symbol", "price", "price_bucket").iter_rows():
         text = next(p for p in prices if float(p) == price)
         assert bucket == float(_bucket(text, sizes[symbol])), (symbol, text)

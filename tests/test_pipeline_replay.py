@@ -60,6 +60,11 @@ def test_replay_writes_hive_parquet_that_duckdb_reads_back_exactly(
     result = run_assets([replay_dataset], resources)
     assert result.success
     metadata = materialization_metadata(result, "replay_dataset")
+    # The snippet shown in the UI runs as is and returns the hour in time order.
+    snippet = metadata["duckdb"].removeprefix("```sql\n").removesuffix("\n```")
+    assert snippet == replay.duckdb_query(datasets_root, "book_updates", WINDOW)
+    shown = _duckdb(f"SELECT local_ts FROM ({snippet})")
+    assert len(shown) == metadata["rows_book_updates"] and shown == sorted(shown)
 
     for kind, table in REPLAY_KINDS.items():
         expected = _pg_rows(raw_tables, settings.db.schema, kind)
@@ -106,7 +111,8 @@ def test_rematerializing_replaces_the_hour_without_duplicates(
     # The hour changes in PostgreSQL: okx trades disappear, a binance trade arrives late.
     schema = sql.Identifier(settings.db.schema)
     raw_tables.execute(sql.SQL("DELETE FROM {}.trades WHERE exchange = 'okx'").format(schema))
-    late = (HOUR + timedelta(minutes=59, seconds=59, microseconds=999_999), None, "binance", "BTC-USDT", "late-1", 64001.5, 0.25, "buy")
+    last_microsecond = HOUR + timedelta(hours=1) - timedelta(microseconds=1)
+    late = (last_microsecond, None, "binance", "BTC-USDT", "late-1", 64001.5, 0.25, "buy")
     copy_rows(raw_tables, settings.db.schema, TRADES, [late])
     assert run_assets([replay_dataset], resources).success
 
@@ -153,7 +159,8 @@ def test_read_hour_is_exact_and_respects_the_hour_bounds(settings, raw_tables):
     (got_odd,) = [t for t in read_hour(raw_tables, schema, TRADES, WINDOW).to_pylist() if t["trade_id"] == "nan-1"]
     assert math.isnan(got_odd["price"]) and got_odd["size"] == float("inf")
     only_ts = read_hour(raw_tables, schema, BOOK_UPDATES, WINDOW, columns=["exchange_ts"]).column(0).to_pylist()
-    assert sorted(only_ts, key=lambda t: (t is not None, t)) == sorted((r[1] for r in rows[:3]), key=lambda t: (t is not None, t))
+    nulls_first = lambda t: (t is not None, t)  # noqa: E731
+    assert sorted(only_ts, key=nulls_first) == sorted((r[1] for r in rows[:3]), key=nulls_first)
     # The session's own settings are untouched by the extraction.
     assert raw_tables.execute("SHOW extra_float_digits").fetchone()[0] == "1"
 

@@ -210,8 +210,11 @@ async def _stuck_client(port: int, path: str) -> socket.socket:
     return sock
 
 
-async def test_a_client_that_stops_reading_is_dropped_and_others_continue():
-    backend = SimulatorBackend("binance", ["BTC-USDT"], seed=8, rate=2000, speed=10.0,
+@pytest.mark.parametrize("speed", [10.0, None], ids=["real-time-x10", "as-fast-as-possible"])
+async def test_a_client_that_stops_reading_is_dropped_and_others_continue(speed):
+    # Real time: the market never waits, the stuck client is cut off at its buffer cap.
+    # As fast as possible: the market waits for it (backpressure) until the timeout.
+    backend = SimulatorBackend("binance", ["BTC-USDT"], seed=8, rate=2000, speed=speed,
                                slow_client_timeout=0.5, max_buffered_bytes=64 * 1024)
     path = "/stream?streams=btcusdt@depth@100ms/btcusdt@trade/btcusdt@aggTrade"
     async with backend, LocalExchangeServer(backend) as server:
@@ -269,6 +272,36 @@ def test_backend_configuration_errors():
         SimulatorBackend("okx", rate=-1)
     with pytest.raises(ConfigError):
         SimulatorBackend("okx", speed=0)
+    with pytest.raises(ConfigError, match="8 decimals"):
+        SimulatorBackend("binance", [SimSymbol("PEPE", "USDT", "0.000001", "0.0000000001", "1", 10)])
+    with pytest.raises(ConfigError, match="8 volume decimals"):
+        SimulatorBackend("kraken", [SimSymbol("BTC", "USD", "60000", "0.1", "1E-10", 1)])
     custom = SimSymbol("ADA", "USDT", "0.5", "0.0001", "0.1", 4)
-    assert resolve_symbols("binance", [custom, "btcusdt".replace("usdt", "-usdt")])[0] is custom
+    assert resolve_symbols("binance", [custom, "btc-usdt"])[0] is custom
     assert [s.symbol for s in resolve_symbols("kraken", ["XBT/USD", "ETH-USD"])] == ["BTC-USD", "ETH-USD"]
+
+
+async def test_a_failing_renderer_costs_its_connection_not_the_market():
+    async with SimulatorBackend("kraken", ["XBT/USD"], seed=9, rate=300) as backend:
+        async with LocalExchangeServer(backend) as server:
+            async with websockets.connect(server.ws_base_url) as broken, \
+                    websockets.connect(server.ws_base_url) as healthy:
+                for ws in (broken, healthy):
+                    await recv_json(ws)
+                while backend.clients < 2:
+                    await asyncio.sleep(0.01)
+
+                def boom(events, now_us):
+                    raise RuntimeError("renderer bug")
+
+                backend._clients[0].renderer.on_market = boom
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(broken.recv(), RECV_TIMEOUT)
+                await healthy.send('{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book"}}')
+                ref = RefKrakenBook(10)
+                await recv_json(healthy)
+                ref.apply(await recv_json(healthy))
+                while ref.updates < 10:
+                    ref.apply(await recv_json(healthy))
+            assert backend.slow_clients_dropped == 0

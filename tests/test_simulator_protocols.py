@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 
 from streamer.simulator import binance, kraken, okx
-from streamer.simulator.market import MarketParams, MarketSimulator, SimSymbol
+from streamer.simulator.market import MarketParams, MarketSimulator, MarketTrade, SimSymbol
 from streamer.simulator.protocols import pad_decimals, trim_decimals
 from .test_simulator_reference import (
     RefBinanceBook,
@@ -119,19 +119,25 @@ def test_binance_depth_events_are_contiguous_and_bridge_a_rest_snapshot():
 def test_binance_trade_maker_flag_is_the_opposite_of_the_taker_side():
     sim = MarketSimulator([BTC_USDT], seed=2, start_us=START_US, rate=300)
     renderer = binance_renderer(sim, streams="btcusdt@trade/btcusdt@aggTrade")
-    sides = {True: 0, False: 0}
-    for _, frames in steps(sim, renderer, 5):
-        for frame in frames:
+    now = sim.now_us
+    checked = {True: 0, False: 0}
+    for _ in range(500):
+        now += TICK_US
+        events = sim.step(now)
+        fills = {e.trade_id: e for e in events if isinstance(e, MarketTrade)}
+        for frame in renderer.on_market(events, now):
             data = json.loads(frame)["data"]
-            book = sim.book("BTC-USDT")
-            # A taker buy lifts an ask, so it trades at or above the best bid; its buyer is the taker.
             if data["e"] == "trade":
-                sides[data["m"]] += 1
-                price_ticks = round(Decimal(data["p"]) / Decimal("0.01"))
-                assert price_ticks > 0
+                fill = fills[data["t"]]
+                # "m": the buyer is the maker, i.e. the taker sold.
+                assert data["m"] is (fill.taker_side == "sell")
+                assert (data["p"], data["q"]) == (pad_decimals(fill.price, 8), pad_decimals(fill.size, 8))
+                assert data["T"] == fill.ts_us // 1000
+                checked[data["m"]] += 1
             else:
                 assert data["e"] == "aggTrade" and data["f"] == data["l"] == data["a"]
-    assert sides[True] > 0 and sides[False] > 0
+                assert data["m"] is (fills[data["a"]].taker_side == "sell")
+    assert checked[True] > 10 and checked[False] > 10
 
 
 def test_binance_raw_streams_and_subscribe_requests():

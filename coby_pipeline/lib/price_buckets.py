@@ -111,7 +111,7 @@ def bucket_sizes(
     return sizes
 
 
-def _size_table(sizes: Mapping[str, Decimal]) -> pl.LazyFrame:
+def size_table(sizes: Mapping[str, Decimal]) -> pl.LazyFrame:
     """Bucket sizes as exact fractions ``num / den`` so bucket edges round correctly."""
     symbols, widths, nums, dens = [], [], [], []
     for symbol, size in sorted(sizes.items()):
@@ -147,13 +147,13 @@ def price_buckets_query(
     sizes: Mapping[str, Decimal],
 ) -> pl.LazyFrame:
     """The bucket table as one lazy query over book snapshots and trades."""
-    size_table = _size_table(sizes)
+    widths = size_table(sizes)
     per_second = pl.col("local_ts").dt.truncate("1s").alias("ts_second")
     book = (
         snapshots.with_columns(per_second)
         # The last snapshot of each second: all its levels share its local_ts.
         .filter(pl.col("local_ts") == pl.col("local_ts").max().over("exchange", "symbol", "ts_second"))
-        .pipe(with_price_bucket, size_table)
+        .pipe(with_price_bucket, widths)
         .group_by(KEYS)
         .agg(
             bid_size=pl.col("size").filter(pl.col("side") == "bid").sum(),
@@ -162,7 +162,7 @@ def price_buckets_query(
     )
     traded = (
         trades.with_columns(per_second)
-        .pipe(with_price_bucket, size_table)
+        .pipe(with_price_bucket, widths)
         .group_by(KEYS)
         .agg(
             buy_volume=pl.col("size").filter(pl.col("side") == "buy").sum(),

@@ -90,6 +90,12 @@ class ReplayHour:
     pairs: dict[str, dict[str, int]] = field(default_factory=dict)
     removed: list[Path] = field(default_factory=list)
 
+    def merge(self, other: "ReplayHour") -> None:
+        self.rows.update(other.rows)
+        self.files.update(other.files)
+        self.pairs.update(other.pairs)
+        self.removed.extend(other.removed)
+
 
 def _sorted_frame(kind: str, table: pa.Table) -> pl.DataFrame:
     frame = pl.from_arrow(table)

@@ -12,10 +12,12 @@ to the WebSocket clients.
 
 Each connection has its own renderer (its own subscriptions, channel ids,
 depths, sequence chain) and an outbound buffer that a sender task drains into
-the socket. The buffer is bounded: when a client reads slowly the clock waits
-for it (backpressure); when it stops reading for ``slow_client_timeout``
-seconds it is disconnected, as real exchanges do, so one stuck client cannot
-stall the others forever or grow memory.
+the socket. The buffer is bounded. As fast as possible (``speed=None``), the
+clock waits for a client whose buffer is full (backpressure: the slowest
+reader sets the pace). In real time the market never waits: a client whose
+buffer stays above its high-water mark for ``slow_client_timeout`` seconds,
+or grows past four high-water marks, is disconnected, as real exchanges do
+with slow consumers. Either way one stuck client cannot grow memory.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from .protocols import ProtocolRenderer
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
+#: In real-time mode a client is dropped at once when its buffer exceeds this many high-water marks.
+HARD_CAP_FACTOR = 4
 
 _RENDERERS: dict[str, type[ProtocolRenderer]] = {
     "binance": binance.BinanceRenderer,
@@ -46,6 +50,7 @@ _RENDERERS: dict[str, type[ProtocolRenderer]] = {
     "okx": okx.OkxRenderer,
 }
 _REST = {"binance": binance.handle_rest, "kraken": kraken.handle_rest, "okx": okx.handle_rest}
+_SYMBOL_CHECKS = {"binance": binance.check_symbols, "kraken": kraken.check_symbols}
 #: Path of each protocol's WebSocket endpoint under the server's base URL
 #: (the same path as on the real exchange's default URL).
 WS_PATHS = {"binance": "", "kraken": "", "okx": "/ws/v5/public"}
@@ -117,7 +122,7 @@ class _Client:
     """One connection: its renderer and a bounded outbound buffer drained by a sender task."""
 
     __slots__ = ("session", "renderer", "queue", "queued_bytes", "high_water", "ready", "space",
-                 "closing", "dropped", "frames_sent")
+                 "closing", "dropped", "frames_sent", "over_since")
 
     def __init__(self, session: WsSession, renderer: ProtocolRenderer, high_water: int) -> None:
         self.session = session
@@ -131,6 +136,8 @@ class _Client:
         self.closing = False
         self.dropped = False
         self.frames_sent = 0
+        #: Loop time since which the buffer has been above its high-water mark.
+        self.over_since: float | None = None
 
     def push(self, frames: list[str]) -> None:
         """Queue frames without waiting (rendering must never wait)."""
@@ -218,6 +225,9 @@ class SimulatorBackend:
             resolve_symbols(self.protocol, symbols), seed, start_us=start_us, params=params,
             venue=self.protocol, rate=rate,
         )
+        check = _SYMBOL_CHECKS.get(self.protocol)
+        if check is not None:
+            check(self.market)  # fail here, not on the first connection
         self.duration = duration
         self.speed = speed
         self.okx_zero_checksum = okx_zero_checksum
@@ -243,6 +253,11 @@ class SimulatorBackend:
             raise ConfigError("this SimulatorBackend has been closed")
         if self._clock is None:
             self._clock = asyncio.create_task(self._run_clock(), name=f"simulator-clock-{self.protocol}")
+            self._clock.add_done_callback(self._clock_done)
+
+    def _clock_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s simulator clock stopped", self.protocol, exc_info=task.exception())
 
     async def aclose(self) -> None:
         """Stop the clock. Clients are closed by the server."""
@@ -302,23 +317,42 @@ class SimulatorBackend:
             # Render every connection before anything can await: each renderer sees
             # the book exactly as these events left it.
             for client in clients:
-                client.push(client.renderer.on_market(events, now))
+                try:
+                    client.push(client.renderer.on_market(events, now))
+                except Exception:  # a renderer bug costs that one connection, not the market
+                    log.exception("%s simulator: rendering for %s failed", self.protocol, client.session.path)
+                    client.renderer.close(CLOSE_INTERNAL_ERROR, "internal error")
+                    await self._drop_slow(client, count=False)
             for client in clients:
-                if not client.space.is_set() and not await client.wait_for_space(self.slow_client_timeout):
-                    await self._drop_slow(client)
+                if client.space.is_set():
+                    client.over_since = None
+                elif speed is None:
+                    # As fast as possible: the slowest reader sets the pace.
+                    if not await client.wait_for_space(self.slow_client_timeout):
+                        await self._drop_slow(client)
+                else:
+                    # Real time: the market does not wait for anyone. A client gets
+                    # slow_client_timeout to catch up, within a hard memory cap.
+                    if client.over_since is None:
+                        client.over_since = loop.time()
+                    if (client.queued_bytes > HARD_CAP_FACTOR * client.high_water
+                            or loop.time() - client.over_since > self.slow_client_timeout):
+                        await self._drop_slow(client)
 
-    async def _drop_slow(self, client: _Client) -> None:
+    async def _drop_slow(self, client: _Client, *, count: bool = True) -> None:
+        """Disconnect a client at once (no close handshake) and forget its buffer."""
         if client.dropped:
             return
         client.dropped = True
+        if count:
+            self.slow_clients_dropped += 1
+            log.warning("%s simulator: client on %s does not keep up (%d bytes waiting); disconnecting it",
+                        self.protocol, client.session.path, client.queued_bytes)
         client.queue.clear()
         client.queued_bytes = 0
         client.space.set()
-        self.slow_clients_dropped += 1
         if client in self._clients:
             self._clients.remove(client)
-        log.warning("%s simulator: client on %s read nothing for %.0f s; disconnecting it",
-                    self.protocol, client.session.path, self.slow_client_timeout)
         await client.session.abort()
 
     def _count_frame(self) -> None:
@@ -346,6 +380,7 @@ class SimulatorBackend:
         self._has_clients.set()
         client.push(renderer.on_connect(self.now_us))
         sender = asyncio.create_task(client.send_loop(self._count_frame), name=f"simulator-send{session.path}")
+        receive: asyncio.Future | None = None
         try:
             while renderer.close_code is None and not client.dropped:
                 receive = asyncio.ensure_future(session.receive())
@@ -363,7 +398,7 @@ class SimulatorBackend:
                 # Send what the renderer still had to say (an error), then close.
                 client.closing = True
                 client.ready.set()
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                with contextlib.suppress(Exception):  # timed out, or the client left meanwhile
                     await asyncio.wait_for(asyncio.shield(sender), self.slow_client_timeout)
                 log.info("%s simulator closing %s: %s", self.protocol, session.path, renderer.close_reason)
                 await session.close(renderer.close_code)
@@ -371,6 +406,8 @@ class SimulatorBackend:
             if client in self._clients:
                 self._clients.remove(client)
             client.dropped = True
+            if receive is not None and not receive.done():
+                receive.cancel()
             if not sender.done():
                 sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

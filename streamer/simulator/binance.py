@@ -38,7 +38,8 @@ def native_symbol(spec: SimSymbol) -> str:
     return f"{spec.base}{spec.quote}"
 
 
-def _check_decimals(market: MarketSimulator) -> None:
+def check_symbols(market: MarketSimulator) -> None:
+    """Raise ConfigError for symbols Binance's 8-decimal strings cannot carry."""
     for spec in market.symbols:
         if spec.price_decimals > DECIMALS or spec.size_decimals > DECIMALS:
             raise ConfigError(f"{spec.symbol}: Binance writes 8 decimals; the symbol has more")
@@ -67,7 +68,7 @@ class BinanceRenderer(ProtocolRenderer):
 
     def __init__(self, market: MarketSimulator, *, path: str, query: Mapping[str, str], connection_id: int) -> None:
         super().__init__(market, path=path, query=query, connection_id=connection_id)
-        _check_decimals(market)
+        check_symbols(market)
         self._books = {native_symbol(spec).lower(): market.book(spec.symbol) for spec in market.symbols}
         self._combined = path.rstrip("/").startswith("/stream")
         self._streams: list[str] = []

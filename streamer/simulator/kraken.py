@@ -63,6 +63,13 @@ def _rest_code(asset: str) -> str:
     return asset
 
 
+def check_symbols(market: MarketSimulator) -> None:
+    """Raise ConfigError for symbols Kraken's 8-decimal volumes cannot carry."""
+    for spec in market.symbols:
+        if spec.size_decimals > VOLUME_DECIMALS:
+            raise ConfigError(f"{spec.symbol}: Kraken writes 8 volume decimals; the symbol has more")
+
+
 def _volume(size: str) -> str:
     return pad_decimals(size, VOLUME_DECIMALS)
 
@@ -92,9 +99,7 @@ class KrakenRenderer(ProtocolRenderer):
 
     def __init__(self, market: MarketSimulator, *, path: str, query: Mapping[str, str], connection_id: int) -> None:
         super().__init__(market, path=path, query=query, connection_id=connection_id)
-        for spec in market.symbols:
-            if spec.size_decimals > VOLUME_DECIMALS:
-                raise ConfigError(f"{spec.symbol}: Kraken writes 8 volume decimals; the symbol has more")
+        check_symbols(market)
         self._pairs = {native_symbol(spec): market.book(spec.symbol) for spec in market.symbols}
         rng = random.Random(f"kraken-conn:{market.seed}:{connection_id}")
         self._connection_key = rng.getrandbits(64)
@@ -219,16 +224,17 @@ class KrakenRenderer(ProtocolRenderer):
                              channel_id=book_sub.channel_id, channel_name=book_sub.channel_name)]
 
     # -- book frames ------------------------------------------------------------
-    def _level(self, book: SimBook, ticks: int, lots: int, ts_us: int, republished: bool = False) -> list[str]:
-        level = [book.price_str(ticks), _volume(book.size_str(lots) if lots else book.zero_size), seconds_str(ts_us)]
+    @staticmethod
+    def _level(price: str, size: str, ts_us: int, republished: bool = False) -> list[str]:
+        level = [price, _volume(size), seconds_str(ts_us)]
         if republished:
             level.append("r")
         return level
 
     def _snapshot(self, sub: _BookSub) -> str:
-        book = sub.book
-        asks = [self._level(book, t, lots, ts) for t, lots, _, ts in sub.asks.snapshot()]
-        bids = [self._level(book, t, lots, ts) for t, lots, _, ts in sub.bids.snapshot()]
+        level = self._level
+        asks = [level(price, size, ts) for _, price, size, _, _, ts in sub.asks.snapshot()]
+        bids = [level(price, size, ts) for _, price, size, _, _, ts in sub.bids.snapshot()]
         return dumps([sub.channel_id, {"as": asks, "bs": bids}, sub.channel_name, sub.pair])
 
     def checksum(self, book: SimBook) -> int:
@@ -239,8 +245,9 @@ class KrakenRenderer(ProtocolRenderer):
 
     def _update(self, sub: _BookSub, changes: PendingChanges) -> str | None:
         book = sub.book
-        asks = [self._level(book, t, lots, ts, r) for t, lots, _, ts, r in sub.asks.diff(changes.ask, False)]
-        bids = [self._level(book, t, lots, ts, r) for t, lots, _, ts, r in sub.bids.diff(changes.bid, False)]
+        level = self._level
+        asks = [level(price, size, ts, r) for _, price, size, _, _, ts, r in sub.asks.diff(changes.ask, False)]
+        bids = [level(price, size, ts, r) for _, price, size, _, _, ts, r in sub.bids.diff(changes.bid, False)]
         if not asks and not bids:
             return None
         c = str(self.checksum(book))

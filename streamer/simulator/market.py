@@ -37,7 +37,7 @@ import math
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Iterator, Literal, Sequence, Union
 
@@ -244,7 +244,8 @@ class SimBook:
 
     Each side is ordered best first by its *rank*: ``ticks`` for asks and
     ``-ticks`` for bids, so a smaller rank is always the better price.
-    Values are ``[lots, orders, last_update_us]``.
+    Values are ``[lots, orders, last_update_us, price_str, size_str]`` (the
+    strings are kept so that renderers and checksums never reformat them).
     """
 
     __slots__ = ("spec", "symbol", "seq", "_sides", "_price_mult", "_lot_mult", "_pd", "_sd", "zero_size")
@@ -299,25 +300,28 @@ class SimBook:
         value = self._sides[side].get(self.rank(side, ticks))
         return None if value is None else (value[0], value[1], value[2])
 
-    def get_by_rank(self, side: str, rank: int) -> list[int] | None:
+    def get_by_rank(self, side: str, rank: int) -> list | None:
+        """The raw level ``[lots, orders, last_update_us, price_str, size_str]`` at a rank, or None."""
         return self._sides[side].get(rank)
 
     def top(self, side: str, n: int | None = None) -> list[tuple[int, int, int, int]]:
         """The best ``n`` levels (all when None) as ``(ticks, lots, orders, last_update_us)``."""
+        return [(ticks, lots, orders, ts) for ticks, _, _, lots, orders, ts in self.rows(side, n)]
+
+    def rows(self, side: str, n: int | None = None) -> list[tuple[int, str, str, int, int, int]]:
+        """The best ``n`` levels as ``(ticks, price, size, lots, orders, last_update_us)``."""
         levels = self._sides[side]
-        keys = levels.keys()
+        keys, values = levels.keys(), levels.values()
         stop = len(keys) if n is None else min(n, len(keys))
         sign = 1 if side == "ask" else -1
-        out = []
-        for i in range(stop):
-            rank = keys[i]
-            value = levels[rank]
-            out.append((sign * rank, value[0], value[1], value[2]))
-        return out
+        return [(sign * rank, v[3], v[4], v[0], v[1], v[2]) for rank, v in zip(keys[:stop], values[:stop])]
 
     def levels(self, side: str, n: int | None = None) -> list[tuple[str, str]]:
         """The best ``n`` levels as exact ``(price, size)`` strings."""
-        return [(self.price_str(t), self.size_str(lots)) for t, lots, _, _ in self.top(side, n)]
+        levels = self._sides[side]
+        values = levels.values()
+        stop = len(values) if n is None else min(n, len(values))
+        return [(v[3], v[4]) for v in values[:stop]]
 
     def ranks_between(self, side: str, after: int, through: int | None) -> Iterator[int]:
         """Ranks strictly worse than ``after`` and not worse than ``through`` (None: to the end)."""
@@ -341,21 +345,22 @@ class SimBook:
         value = levels.get(rank)
         was_present = value is not None
         if lots > 0:
+            size = format_units(lots * self._lot_mult, self._sd)
             if value is None:
-                levels[rank] = [lots, orders, ts_us]
+                price = format_units(ticks * self._price_mult, self._pd)
+                levels[rank] = [lots, orders, ts_us, price, size]
             else:
-                value[0], value[1], value[2] = lots, orders, ts_us
+                price = value[3]
+                value[0], value[1], value[2], value[4] = lots, orders, ts_us, size
         elif was_present:
+            price, size = value[3], self.zero_size
             del levels[rank]
         else:
             return  # deleting a level that is not there changes nothing
         self.seq += 1
         if out is not None:
-            out.append(LevelChange(
-                self.symbol, side, ticks, self.price_str(ticks),
-                self.size_str(lots) if lots > 0 else self.zero_size,
-                lots, orders if lots > 0 else 0, ts_us, self.seq, was_present,
-            ))
+            out.append(LevelChange(self.symbol, side, ticks, price, size, lots, orders if lots > 0 else 0,
+                                   ts_us, self.seq, was_present))
 
 
 # ---------------------------------------------------------------------------
@@ -382,7 +387,7 @@ class _SymbolEngine:
         volatility = spec.volatility or params.volatility
         step_s = params.fair_step_us / 1e6
         self._sigma_step = volatility * math.sqrt(step_s / SECONDS_PER_YEAR)
-        # Per-second sigma in ticks (at the start price) scales the near-book distances.
+        # Per-second relative sigma; times the fair price in ticks it scales the near-book distances.
         self._sigma_1s = volatility / math.sqrt(SECONDS_PER_YEAR)
         self._start_ticks = float(spec.start_price / spec.tick_size)
         self._min_log = math.log(100.0 / self._start_ticks)

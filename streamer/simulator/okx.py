@@ -133,10 +133,10 @@ class OkxRenderer(ProtocolRenderer):
         return okx_checksum(bids, asks)
 
     @staticmethod
-    def _row(book: SimBook, ticks: int, lots: int, orders: int) -> list[str]:
+    def _row(price: str, size: str, lots: int, orders: int) -> list[str]:
         if lots == 0:
-            return [trim_decimals(book.price_str(ticks)), "0", "0", "0"]
-        return [trim_decimals(book.price_str(ticks)), trim_decimals(book.size_str(lots)), "0", str(orders)]
+            return [trim_decimals(price), "0", "0", "0"]
+        return [trim_decimals(price), trim_decimals(size), "0", str(orders)]
 
     def _frame(self, sub: _BooksSub, action: str, asks: list, bids: list, now_us: int) -> str:
         prev = sub.seq_id if action == "update" else -1
@@ -155,14 +155,13 @@ class OkxRenderer(ProtocolRenderer):
         })
 
     def _snapshot(self, sub: _BooksSub, now_us: int) -> str:
-        book = sub.book
-        asks = [self._row(book, t, lots, n) for t, lots, n, _ in sub.asks.snapshot()]
-        bids = [self._row(book, t, lots, n) for t, lots, n, _ in sub.bids.snapshot()]
+        row = self._row
+        asks = [row(price, size, lots, n) for _, price, size, lots, n, _ in sub.asks.snapshot()]
+        bids = [row(price, size, lots, n) for _, price, size, lots, n, _ in sub.bids.snapshot()]
         sub.pending.clear()
         return self._frame(sub, "snapshot", asks, bids, now_us)
 
     def _update(self, sub: _BooksSub, now_us: int) -> str | None:
-        book = sub.book
         ask_levels = sub.asks.diff(sub.pending.ask, True)
         bid_levels = sub.bids.diff(sub.pending.bid, True)
         sub.pending.clear()
@@ -170,8 +169,9 @@ class OkxRenderer(ProtocolRenderer):
             return None  # only changes outside the window; the next update links to the last one sent
         ask_levels.sort()
         bid_levels.sort(reverse=True)
-        asks = [self._row(book, t, lots, n) for t, lots, n, _, _ in ask_levels]
-        bids = [self._row(book, t, lots, n) for t, lots, n, _, _ in bid_levels]
+        row = self._row
+        asks = [row(price, size, lots, n) for _, price, size, lots, n, _, _ in ask_levels]
+        bids = [row(price, size, lots, n) for _, price, size, lots, n, _, _ in bid_levels]
         return self._frame(sub, "update", asks, bids, now_us)
 
     # -- market data ------------------------------------------------------------
@@ -259,8 +259,8 @@ def handle_rest(market: MarketSimulator, path: str, query: Mapping[str, str], no
         size = int(raw) if raw.isdigit() and int(raw) > 0 else 1
         book = market.book(spec.symbol)
         levels = {
-            side: [[trim_decimals(book.price_str(t)), trim_decimals(book.size_str(lots)), "0", str(n)]
-                   for t, lots, n, _ in book.top(side, min(size, MAX_REST_DEPTH))]
+            side: [[trim_decimals(price), trim_decimals(sz), "0", str(n)]
+                   for _, price, sz, _, n, _ in book.rows(side, min(size, MAX_REST_DEPTH))]
             for side in ("ask", "bid")
         }
         return _answer([{"asks": levels["ask"], "bids": levels["bid"], "ts": str(now_us // 1000)}])

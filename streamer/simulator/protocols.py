@@ -122,8 +122,9 @@ class PendingChanges:
         self.first_seq = self.last_seq = None
 
 
-#: One level to send: ``(ticks, lots, orders, last_update_us, republished)``; ``lots == 0`` deletes.
-Emitted = tuple[int, int, int, int, bool]
+#: One level to send: ``(ticks, price, size, lots, orders, last_update_us, republished)``;
+#: ``lots == 0`` deletes (``size`` is then the symbol's zero).
+Emitted = tuple[int, str, str, int, int, int, bool]
 
 
 class BookWindow:
@@ -157,9 +158,9 @@ class BookWindow:
         self._full = False
         self._boundary: int | None = None
 
-    def snapshot(self) -> list[tuple[int, int, int, int]]:
-        """The client's new view (best first), as ``(ticks, lots, orders, ts)``; resets the window."""
-        levels = self.book.top(self.side, self.depth)
+    def snapshot(self) -> list[tuple[int, str, str, int, int, int]]:
+        """The client's new view (best first), as ``(ticks, price, size, lots, orders, ts)``; resets the window."""
+        levels = self.book.rows(self.side, self.depth)
         self._full = len(levels) >= self.depth
         self._boundary = self.book.nth_rank(self.side, self.depth - 1) if self._full else None
         return levels
@@ -175,16 +176,17 @@ class BookWindow:
         full_new = book.count(side) >= depth
         new_boundary = book.nth_rank(side, depth - 1) if full_new else None
         old_full, old_boundary = self._full, self._boundary
+        zero = book.zero_size
         out: list[Emitted] = []
         for ticks, (was_present, change) in changes.items():
             rank = rank_of(side, ticks)
             present = change.lots > 0
             if present and (not full_new or rank <= new_boundary):
-                out.append((ticks, change.lots, change.orders, change.ts_us, False))
+                out.append((ticks, change.price, change.size, change.lots, change.orders, change.ts_us, False))
                 continue
             in_old_view = was_present and (not old_full or rank <= old_boundary)
             if in_old_view and (not present or delete_pushed_out):
-                out.append((ticks, 0, 0, change.ts_us, False))
+                out.append((ticks, change.price, zero, 0, 0, change.ts_us, False))
         ticks_of = book.ticks_of
         if old_full:
             # Unchanged levels between the old and the new boundary enter the view.
@@ -193,8 +195,8 @@ class BookWindow:
                     ticks = ticks_of(side, rank)
                     if ticks in changes:
                         continue
-                    lots, orders, ts = book.get_by_rank(side, rank)
-                    out.append((ticks, lots, orders, ts, True))
+                    level = book.get_by_rank(side, rank)
+                    out.append((ticks, level[3], level[4], level[0], level[1], level[2], True))
         if delete_pushed_out and full_new:
             # Unchanged levels pushed beyond the new boundary leave the view.
             if not old_full or old_boundary > new_boundary:
@@ -202,6 +204,7 @@ class BookWindow:
                     ticks = ticks_of(side, rank)
                     if ticks in changes:
                         continue
-                    out.append((ticks, 0, 0, book.get_by_rank(side, rank)[2], False))
+                    level = book.get_by_rank(side, rank)
+                    out.append((ticks, level[3], zero, 0, 0, level[2], False))
         self._full, self._boundary = full_new, new_boundary
         return out

@@ -94,10 +94,43 @@ class MicrosTimestamptzDumper(Dumper):
         raise TypeError(f"timestamptz needs int microseconds or datetime, got {type(obj).__name__}")
 
 
+class _CheckedIntDumper(Dumper):
+    """Binary int2/int4 that refuses out-of-range values: psycopg's own binary
+    dumpers wrap them silently (40000 would be stored as -25536 in a smallint)."""
+
+    format = Format.BINARY
+    _low = _high = 0
+    _pack: Any = None
+
+    def dump(self, obj: Any) -> bytes:
+        if not self._low <= obj <= self._high:
+            raise OverflowError(f"{obj!r} does not fit a {self._name}")
+        return self._pack(obj)
+
+
+class CheckedInt2Dumper(_CheckedIntDumper):
+    oid = psycopg.adapters.types["int2"].oid
+    _low, _high, _name, _pack = -(2**15), 2**15 - 1, "smallint", struct.Struct(">h").pack
+
+
+class CheckedInt4Dumper(_CheckedIntDumper):
+    oid = psycopg.adapters.types["int4"].oid
+    _low, _high, _name, _pack = -(2**31), 2**31 - 1, "integer", struct.Struct(">i").pack
+
+
+# Never instantiated: registering a dumper for a marker class installs it as the
+# connection's by-OID binary dumper, which COPY uses after ``set_types``;
+# ordinary queries keep choosing dumpers by Python type.
 class _TimestampMarker:
-    """Never instantiated: registering a dumper for it installs our dumper as
-    the connection's by-OID binary timestamptz dumper, which COPY uses after
-    ``set_types``; ordinary queries keep psycopg's datetime dumper."""
+    pass
+
+
+class _Int2Marker:
+    pass
+
+
+class _Int4Marker:
+    pass
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:
@@ -145,6 +178,7 @@ class PostgresSink:
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection | None = None
+        self._ever_connected = False
         self._task: asyncio.Task | None = None
         self._started = False
         self._closed = False
@@ -178,20 +212,30 @@ class PostgresSink:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        self._wake.set()
         try:
-            await asyncio.wait_for(self._flush_all(), timeout)
+            if self._task is not None:
+                # Let the flusher finish the batch it is writing: cancelling a COPY
+                # midway leaves the connection unusable for the final flush.
+                await asyncio.wait_for(asyncio.shield(self._task), None if deadline is None else max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(self._flush_all(), None if deadline is None else max(0.0, deadline - loop.time()))
         except (asyncio.TimeoutError, TimeoutError):
             log.error("PostgreSQL unreachable at close: spooling %d unwritten rows to disk", self._buffered)
         finally:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
             self._spool_remaining()
             if self._conn is not None:
-                await self._conn.close()
+                try:
+                    await self._conn.close()
+                except Exception:  # closing a broken connection is best effort
+                    pass
                 self._conn = None
             self._has_space.set()  # release any writer still waiting
 
@@ -257,7 +301,7 @@ class PostgresSink:
     # -- background flushing -------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             except (asyncio.TimeoutError, TimeoutError):
@@ -333,9 +377,12 @@ class PostgresSink:
                 await asyncio.sleep(delay)
                 continue
             conn.adapters.register_dumper(_TimestampMarker, MicrosTimestamptzDumper)
-            if self._conn is not None:
+            conn.adapters.register_dumper(_Int2Marker, CheckedInt2Dumper)
+            conn.adapters.register_dumper(_Int4Marker, CheckedInt4Dumper)
+            if self._ever_connected:
                 self.reconnects += 1
                 log.info("reconnected to %s", self.settings.db.safe_description())
+            self._ever_connected = True
             self._conn = conn
         return self._conn
 

@@ -128,6 +128,7 @@ class RedisSink:
         self._io_lock = asyncio.Lock()
         self._closed = False
         self._failures = 0
+        self._connections = 0
 
         # Counters.
         self.flushes = 0
@@ -161,20 +162,28 @@ class RedisSink:
 
     async def _on_connect(self, connection) -> None:
         await connection.on_connect()
-        # A new connection may be to a restarted (empty) server: rewrite all.
-        self._resync = True
+        self._connections += 1
+        if self._connections > 1:
+            # A new connection may be to a restarted (empty) server: rewrite all.
+            # (The first one needs nothing: the sink starts with a full write.)
+            self._resync = True
 
     async def close(self, timeout: float = 5.0) -> None:
         """Final flush (best effort within ``timeout``), then disconnect."""
         if self._closed:
             return
         self._closed = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                # Let the flusher finish its current pipeline rather than cut it off.
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
         if self._client is not None:
             try:
                 await asyncio.wait_for(self._flush_once(), timeout)
@@ -262,7 +271,7 @@ class RedisSink:
         return bool(self._resync or self._dirty_books or self._deleted_books or self._dirty_statuses or self._trades)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             except (asyncio.TimeoutError, TimeoutError):

@@ -62,7 +62,9 @@ def scores_above_threshold(
         description=None if low.is_empty() else f"{low.height} book(s) scored below {threshold:g}",
         metadata={
             "threshold": dg.MetadataValue.float(threshold),
-            "min_score": dg.MetadataValue.float(float(table["score"].min())) if table.height else dg.MetadataValue.null(),
+            "min_score": (
+                dg.MetadataValue.float(float(table["score"].min())) if table.height else dg.MetadataValue.null()
+            ),
             "below_threshold": dg.MetadataValue.json(_offenders(low, ["score", "coverage"])),
         },
     )

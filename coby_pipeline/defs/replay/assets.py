@@ -20,7 +20,9 @@ REPLAY_GROUP = "replay"
     group_name=REPLAY_GROUP,
     kinds={"parquet", "postgres"},
 )
-def replay_dataset(context: dg.AssetExecutionContext, database: CobyDatabase, storage: DatasetStorage) -> dg.MaterializeResult:
+def replay_dataset(
+    context: dg.AssetExecutionContext, database: CobyDatabase, storage: DatasetStorage
+) -> dg.MaterializeResult:
     """Every book update, book snapshot and trade of the hour, as Parquet for replay and research.
 
     Layout: `{datasets_root}/replay/{kind}/exchange=X/symbol=Y/date=YYYY-MM-DD/hour=HH/part-0.parquet`
@@ -32,9 +34,12 @@ def replay_dataset(context: dg.AssetExecutionContext, database: CobyDatabase, st
     """
     window = HourWindow.from_bounds(*context.partition_time_window)
     root = storage.path
+    context.log.info("reading hour %s from %s", window.key, database.describe())
+    written = replay.ReplayHour()
     with database.connect() as conn:
-        tables = {kind: read_hour(conn, database.schema_name, table, window) for kind, table in REPLAY_KINDS.items()}
-    written = replay.write_hour(root, window, tables)
+        # One kind at a time: only one kind's hour is held in memory at once.
+        for kind, table in REPLAY_KINDS.items():
+            written.merge(replay.write_hour(root, window, {kind: read_hour(conn, database.schema_name, table, window)}))
     total = sum(written.rows.values())
     context.log.info(
         "hour %s: %s rows written under %s",

@@ -1,0 +1,230 @@
+"""RedisSink against real Redis: coalescing, key layout, trade streams, status,
+and recovery when its Redis goes away and comes back (on a server of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from streamer.contract import RedisKeys
+from streamer.embedded import free_tcp_port, start_redis
+from streamer.models import ConnectionState, ConnectionStatus, TradeEvent
+from streamer.sinks.redis_sink import RedisSink
+
+T0 = 1_773_156_600_123_456
+
+
+async def _wait_for(predicate, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until true; the timeout only guards against hanging."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+def _sink(settings, **kwargs) -> RedisSink:
+    kwargs.setdefault("flush_interval", 0.01)
+    return RedisSink(settings, reconnect_base_delay=0.01, reconnect_max_delay=0.1, socket_timeout=0.5, **kwargs)
+
+
+def _trade(i: int, symbol: str = "BTC-USDT") -> TradeEvent:
+    return TradeEvent("binance", symbol, symbol.replace("-", ""), str(i), f"{64000 + i}.5", "0.01", "sell", T0 + i, None)
+
+
+def _status(frames: int) -> ConnectionStatus:
+    return ConnectionStatus("binance", ConnectionState.CONNECTED, T0, T0 + frames, reconnects=1, frames=frames)
+
+
+def _publish(sink: RedisSink, seq: int, symbol: str = "BTC-USDT") -> None:
+    sink.publish_book(
+        "binance", symbol, symbol.replace("-", ""),
+        [("64000.10", f"{seq}.5"), ("63999.00", "2")], [("64000.20", "1")], seq, T0 + seq, T0 + seq - 100,
+    )
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own (TCP, fixed port) that the test may stop and restart."""
+    directory = Path(tempfile.mkdtemp(prefix="coby-redis-"))
+    port = free_tcp_port()
+    state = {"server": start_redis(directory, port=port), "port": port, "dir": directory}
+    yield state
+    state["server"].stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_many_publishes_coalesce_into_one_write_of_the_latest_book(settings, redis_client):
+    keys = RedisKeys(settings.redis.prefix)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(keys.updates_channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    async with _sink(settings, flush_interval=3600) as sink:  # flush only when asked
+        for seq in range(500):
+            _publish(sink, seq)
+        await sink.flush()
+        assert sink.book_publishes == 500 and sink.books_written == 1
+    redis_client.publish(keys.updates_channel, "sentinel")
+    messages = []
+    while True:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None
+        if message["data"] == "sentinel":
+            break
+        messages.append(message["data"])
+    pubsub.close()
+    assert messages == ["binance:BTC-USDT"]
+    book = orjson.loads(redis_client.get(keys.book("binance", "BTC-USDT")))
+    assert book["seq"] == 499 and book["bids"][0] == ["64000.10", "499.5"]
+    assert redis_client.smembers(keys.books) == {"binance:BTC-USDT"}
+
+
+async def test_book_document_follows_the_documented_layout(settings, redis_client):
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings) as sink:
+        _publish(sink, 7, "ETH-USDT")
+        await sink.flush()
+    book = orjson.loads(redis_client.get(keys.book("binance", "ETH-USDT")))
+    assert book == {
+        "exchange": "binance", "symbol": "ETH-USDT", "native_symbol": "ETHUSDT",
+        "local_ts": T0 + 7, "exchange_ts": T0 + 7 - 100, "seq": 7,
+        "bids": [["64000.10", "7.5"], ["63999.00", "2"]], "asks": [["64000.20", "1"]],
+    }
+
+
+async def test_delete_book_removes_the_key_and_the_set_member(settings, redis_client):
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings) as sink:
+        _publish(sink, 1, "BTC-USDT")
+        _publish(sink, 1, "ETH-USDT")
+        await sink.flush()
+        sink.delete_book("binance", "BTC-USDT")
+        await sink.flush()
+        assert redis_client.get(keys.book("binance", "BTC-USDT")) is None
+        assert redis_client.smembers(keys.books) == {"binance:ETH-USDT"}
+        # Published then deleted within one flush: never written.
+        _publish(sink, 2, "SOL-USDT")
+        sink.delete_book("binance", "SOL-USDT")
+        await sink.flush()
+        assert redis_client.get(keys.book("binance", "SOL-USDT")) is None
+        # Resynchronised again: back.
+        _publish(sink, 3, "BTC-USDT")
+        await sink.flush()
+    assert orjson.loads(redis_client.get(keys.book("binance", "BTC-USDT")))["seq"] == 3
+    assert redis_client.smembers(keys.books) == {"binance:ETH-USDT", "binance:BTC-USDT"}
+
+
+async def test_trades_go_to_a_capped_stream_in_order(settings, redis_client):
+    settings = replace(settings, trade_stream_maxlen=10)
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings, pending_trades_per_stream=5000) as sink:
+        for i in range(2000):
+            sink.add_trade(_trade(i))
+        await sink.flush()
+        assert sink.trades_written == 2000 and sink.trades_dropped == 0
+    stream = keys.trades("binance", "BTC-USDT")
+    length = redis_client.xlen(stream)
+    assert 10 <= length < 2000  # MAXLEN ~ trims whole nodes: approximately, never below the cap
+    entries = redis_client.xrange(stream)
+    ids = [int(fields["trade_id"]) for _, fields in entries]
+    assert ids == list(range(2000 - length, 2000))
+    assert entries[-1][1] == {
+        "trade_id": "1999", "price": "65999.5", "size": "0.01", "side": "sell",
+        "local_ts": str(T0 + 1999), "exchange_ts": "",
+    }
+
+
+async def test_status_is_a_hash(settings, redis_client):
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings) as sink:
+        sink.set_status(_status(5))
+        sink.set_status(_status(9))
+        await sink.flush()
+    assert redis_client.hgetall(keys.status("binance")) == _status(9).as_redis_hash()
+
+
+async def test_background_flush_needs_no_explicit_flush(settings, redis_client):
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings) as sink:
+        _publish(sink, 11)
+        sink.add_trade(_trade(1))
+        await _wait_for(lambda: redis_client.get(keys.book("binance", "BTC-USDT")) is not None)
+        await _wait_for(lambda: redis_client.xlen(keys.trades("binance", "BTC-USDT")) == 1)
+
+
+def _own_settings(settings, port: int):
+    return settings.with_redis(host="127.0.0.1", port=port, unix_socket=None)
+
+
+async def test_redis_outage_keeps_latest_state_and_rewrites_it_after_restart(settings, own_redis):
+    settings = _own_settings(settings, own_redis["port"])
+    keys = RedisKeys(settings.redis.prefix)
+    client = redis.Redis(host="127.0.0.1", port=own_redis["port"], decode_responses=True)
+    async with _sink(settings, pending_trades_per_stream=10) as sink:
+        _publish(sink, 1, "BTC-USDT")
+        _publish(sink, 1, "ETH-USDT")
+        sink.set_status(_status(1))
+        assert await sink.flush()
+
+        own_redis["server"].stop()
+        # Redis is down: producers neither block nor fail.
+        for seq in range(2, 200):
+            _publish(sink, seq, "BTC-USDT")
+        for i in range(30):
+            sink.add_trade(_trade(i))
+        sink.set_status(_status(200))
+        assert await sink.flush() is False
+        assert sink.errors >= 1 and not sink.connected
+        assert sink.trades_dropped == 20  # only the newest 10 are kept for the live cache
+
+        own_redis["server"] = start_redis(own_redis["dir"], port=own_redis["port"])
+        await _wait_for(lambda: client.get(keys.book("binance", "ETH-USDT")) is not None)
+        await _wait_for(lambda: sink.connected)
+    # Every live book rewritten (even the unchanged one), with its latest state.
+    assert orjson.loads(client.get(keys.book("binance", "BTC-USDT")))["seq"] == 199
+    assert orjson.loads(client.get(keys.book("binance", "ETH-USDT")))["seq"] == 1
+    assert client.smembers(keys.books) == {"binance:BTC-USDT", "binance:ETH-USDT"}
+    assert client.hgetall(keys.status("binance")) == _status(200).as_redis_hash()
+    ids = [fields["trade_id"] for _, fields in client.xrange(keys.trades("binance", "BTC-USDT"))]
+    assert ids == [str(i) for i in range(20, 30)]
+    client.close()
+
+
+async def test_idle_sink_notices_a_restart_and_repopulates_redis(settings, own_redis):
+    settings = _own_settings(settings, own_redis["port"])
+    keys = RedisKeys(settings.redis.prefix)
+    client = redis.Redis(host="127.0.0.1", port=own_redis["port"], decode_responses=True)
+    async with _sink(settings, health_interval=0.05) as sink:
+        _publish(sink, 5)
+        sink.set_status(_status(5))
+        assert await sink.flush()
+        own_redis["server"].stop()
+        own_redis["server"] = start_redis(own_redis["dir"], port=own_redis["port"])
+        assert client.get(keys.book("binance", "BTC-USDT")) is None  # a restarted cache is empty
+        # No new publish: the health check notices the new server and the sink rewrites.
+        await _wait_for(lambda: client.get(keys.book("binance", "BTC-USDT")) is not None)
+        assert sink.resyncs >= 2
+    assert orjson.loads(client.get(keys.book("binance", "BTC-USDT")))["seq"] == 5
+    assert client.hgetall(keys.status("binance")) == _status(5).as_redis_hash()
+    client.close()
+
+
+async def test_sink_started_while_redis_is_down_catches_up(settings, own_redis):
+    settings = _own_settings(settings, own_redis["port"])
+    keys = RedisKeys(settings.redis.prefix)
+    own_redis["server"].stop()
+    async with _sink(settings) as sink:
+        _publish(sink, 3)
+        await _wait_for(lambda: sink.errors >= 1)
+        own_redis["server"] = start_redis(own_redis["dir"], port=own_redis["port"])
+        client = redis.Redis(host="127.0.0.1", port=own_redis["port"], decode_responses=True)
+        await _wait_for(lambda: client.get(keys.book("binance", "BTC-USDT")) is not None)
+        client.close()
