@@ -24,6 +24,7 @@ from .sinks.postgres import PostgresSink
 from .sinks.redis_sink import RedisSink
 from .sinks.schema import apply_schema
 from .snapshots import Snapshotter
+from .watchdog import MemoryWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Streamer:
         self.feeds: list[ExchangeFeed] = []
         self._writers: list[CaptureWriter] = []
         self._tasks: list[asyncio.Task] = []
+        self._helpers: list[asyncio.Task] = []
+        self.watchdog: MemoryWatchdog | None = None
         self.snapshotter: Snapshotter | None = None
         self.started_us: int | None = None
 
@@ -87,20 +90,27 @@ class Streamer:
             depth=self.settings.heatmap_depth,
             band_pct=self.settings.snapshot_band_pct,
         )
+        self.watchdog = MemoryWatchdog(self.feeds, limit_mb=self.settings.max_memory_mb)
         self.started_us = now_us()
         for feed in self.feeds:
             self._tasks.append(asyncio.create_task(feed.run(), name=f"feed-{feed.exchange}"))
-        self._tasks.append(asyncio.create_task(self.snapshotter.run(), name="snapshotter"))
+        # Helper tasks last: stop() lets the feeds finish and cancels these.
+        self._helpers = [
+            asyncio.create_task(self.snapshotter.run(), name="snapshotter"),
+            asyncio.create_task(self.watchdog.run(), name="memory-watchdog"),
+        ]
 
     async def stop(self) -> None:
         for feed in self.feeds:
             await feed.stop()
         # Let each feed finish the frame it is processing (its connection is
         # closed, so its loop ends); cancel only what does not end in time.
-        done, pending = await asyncio.wait(self._tasks[:-1], timeout=10) if len(self._tasks) > 1 else (set(), set())
-        for task in [*pending, *self._tasks[-1:]]:
+        pending: set = set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=10)
+        for task in [*pending, *self._helpers]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._helpers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.snapshotter is not None:
@@ -119,7 +129,7 @@ class Streamer:
 
     def failed_task(self) -> BaseException | None:
         """The exception of a task that died, if any (a bug: surface it, don't hide it)."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._helpers]:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 return task.exception()
         return None

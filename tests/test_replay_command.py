@@ -73,3 +73,28 @@ async def test_replay_stores_every_tick_and_matches_reference_books(protocol, se
     keys = RedisKeys(settings.redis.prefix)
     assert redis_client.scard(keys.books) == 0
     assert redis_client.hget(keys.status(protocol), "state") == "stopped"
+
+
+async def test_replay_with_protocol_alias_and_memory_alarm(settings, captures_dir):
+    """``--exchange`` names the protocol (Binance.US speaks Binance's); a memory
+    budget below the process size raises the alarm without stopping the stream."""
+    from dataclasses import replace
+
+    small = replace(settings, max_memory_mb=64)
+    path = captures_dir / CAPTURE_FILES["binance"]
+    result = await commands.capture_replay(_args(path, exchange="binance.us"), small)
+    assert result["protocol"] == "binance"
+    assert result["sequence_gaps"] == 0 and len(result["books"]) == 4
+    with psycopg.connect(settings.db.url(), autocommit=True) as conn:
+        details = [row[0] for row in conn.execute(
+            sql.SQL("SELECT detail FROM {}.feed_events WHERE event = 'error'").format(
+                sql.Identifier(settings.db.schema))
+        ).fetchall()]
+    assert any("MAX_MEMORY_USAGE 64 MB" in d for d in details), details
+
+
+async def test_replay_rejects_unknown_protocol(settings, captures_dir):
+    from streamer.errors import UnknownExchangeError
+
+    with pytest.raises(UnknownExchangeError, match="supported"):
+        await commands.capture_replay(_args(captures_dir / CAPTURE_FILES["okx"], exchange="nasdaq"), settings)
