@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,13 +26,31 @@ from streamer.embedded import EmbeddedServices, export_env, start_redis
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _servers_under(path: Path) -> list[psutil.Process]:
+    """Server processes this test started under ``path`` (postgres -D <path>/..., redis-server in <path>/...)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] == "postgres" and any(str(path) in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+            elif proc.info["name"] == "redis-server" and str(path) in proc.cwd():
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 @pytest.fixture
 def short_dir():
-    """A short private directory (unix-socket paths must stay under 108 bytes)."""
+    """A short private directory (unix-socket paths must stay under 108 bytes).
+
+    Teardown stops any server a failed test left running under it."""
     path = Path(tempfile.mkdtemp(prefix="coby-emb-"))
     yield path
-    import shutil
-
+    leftovers = _servers_under(path)
+    for proc in leftovers:
+        proc.terminate()
+    psutil.wait_procs(leftovers, timeout=10)
     shutil.rmtree(path, ignore_errors=True)
 
 
