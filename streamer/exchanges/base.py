@@ -69,16 +69,42 @@ class ExchangeMapper(ABC):
     def map_instruments(self, body: str) -> list[Instrument]:
         return []
 
-    @abstractmethod
-    def normalize_symbol(self, native_symbol: str) -> str:
-        """Exchange spelling -> ``BASE-QUOTE`` (uses instrument metadata when loaded)."""
-
-    @abstractmethod
-    def native_symbol(self, symbol: str) -> str:
-        """``BASE-QUOTE`` -> exchange spelling."""
+    def __init__(self) -> None:
+        self._instruments: dict[str, Instrument] = {}  # native -> instrument, from metadata
+        self._natives: dict[str, str] = {}  # normalized -> native, from metadata
+        self._symbols: dict[str, str] = {}  # native -> normalized: the hot path's cache
 
     def load_instruments(self, instruments: list[Instrument]) -> None:
         """Teach the mapper the exchange's symbol table."""
+        self._instruments = {i.native_symbol: i for i in instruments}
+        self._natives = {i.symbol: i.native_symbol for i in instruments}
+        self._symbols.clear()
+
+    def normalize_symbol(self, native_symbol: str) -> str:
+        """Exchange spelling -> ``BASE-QUOTE``: from instrument metadata when
+        loaded, else by the exchange's naming rules. Raises UnknownSymbolError."""
+        symbol = self._symbols.get(native_symbol)
+        if symbol is None:
+            instrument = self._instruments.get(native_symbol)
+            symbol = instrument.symbol if instrument is not None else self._symbol_by_rule(native_symbol)
+            self._symbols[native_symbol] = symbol
+        return symbol
+
+    def native_symbol(self, symbol: str) -> str:
+        """``BASE-QUOTE`` -> exchange spelling."""
+        from ..symbols import validate_symbol
+
+        symbol = validate_symbol(symbol)
+        native = self._natives.get(symbol)
+        return native if native is not None else self._native_by_rule(symbol)
+
+    @abstractmethod
+    def _symbol_by_rule(self, native_symbol: str) -> str:
+        """Normalize a native symbol without metadata (raise UnknownSymbolError if impossible)."""
+
+    @abstractmethod
+    def _native_by_rule(self, symbol: str) -> str:
+        """The native spelling of a validated normalized symbol without metadata."""
 
     # -- subscriptions ----------------------------------------------------
     @abstractmethod

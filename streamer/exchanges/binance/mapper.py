@@ -38,7 +38,7 @@ from ...errors import (
     UnknownSymbolError,
 )
 from ...models import BookMessage, ControlEvent, MappedEvent, TradeEvent
-from ...symbols import join_symbol, split_by_quote, validate_symbol
+from ...symbols import join_symbol, split_by_quote
 from ..base import (
     Endpoints,
     ExchangeMapper,
@@ -92,11 +92,6 @@ class BinanceSpotMapper(ExchangeMapper):
     # Binance pings at the WebSocket level; the client library answers.
     ping_interval = None
 
-    def __init__(self) -> None:
-        self._instruments: dict[str, Instrument] = {}
-        self._natives: dict[str, str] = {}  # normalized -> native, from instruments
-        self._symbols: dict[str, str] = {}  # native -> normalized, cache of the hot path
-
     # -- instruments ---------------------------------------------------------
     def instruments_request(self) -> RestRequest:
         return RestRequest("/api/v3/exchangeInfo")
@@ -118,31 +113,13 @@ class BinanceSpotMapper(ExchangeMapper):
             out.append(Instrument(symbol, native, base.upper(), quote.upper()))
         return out
 
-    def load_instruments(self, instruments: list[Instrument]) -> None:
-        self._instruments = {i.native_symbol: i for i in instruments}
-        self._natives = {i.symbol: i.native_symbol for i in instruments}
-        self._symbols.clear()
+    def _symbol_by_rule(self, native_symbol: str) -> str:
+        parts = split_by_quote(native_symbol) if isinstance(native_symbol, str) else None
+        if parts is None or native_symbol != native_symbol.upper():
+            raise UnknownSymbolError(f"unknown Binance symbol {native_symbol!r}", code="MAP-004")
+        return join_symbol(*parts)
 
-    def normalize_symbol(self, native_symbol: str) -> str:
-        symbol = self._symbols.get(native_symbol)
-        if symbol is not None:
-            return symbol
-        instrument = self._instruments.get(native_symbol)
-        if instrument is not None:
-            symbol = instrument.symbol
-        else:
-            parts = split_by_quote(native_symbol) if isinstance(native_symbol, str) else None
-            if parts is None or native_symbol != native_symbol.upper():
-                raise UnknownSymbolError(f"unknown Binance symbol {native_symbol!r}", code="MAP-004")
-            symbol = join_symbol(*parts)
-        self._symbols[native_symbol] = symbol
-        return symbol
-
-    def native_symbol(self, symbol: str) -> str:
-        symbol = validate_symbol(symbol)
-        native = self._natives.get(symbol)
-        if native is not None:
-            return native
+    def _native_by_rule(self, symbol: str) -> str:
         return "".join(symbol.split("-")[:2])
 
     # -- subscriptions -------------------------------------------------------

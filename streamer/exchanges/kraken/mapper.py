@@ -41,7 +41,7 @@ from ...book.orderbook import OrderBook, is_decimal
 from ...book.sync import SyncRules
 from ...errors import ConfigError, InvalidValueError, MalformedFrameError, MappingError, UnknownSymbolError
 from ...models import BookMessage, ControlEvent, MappedEvent, RawLevel, TradeEvent
-from ...symbols import canonical_asset, join_symbol, validate_symbol
+from ...symbols import canonical_asset, join_symbol
 from ..base import (
     MAX_MILLIS,
     Endpoints,
@@ -107,12 +107,10 @@ class KrakenSpotMapper(ExchangeMapper):
     def __init__(self, book_depth: int = DEFAULT_DEPTH) -> None:
         if book_depth not in VALID_DEPTHS:
             raise ConfigError(f"Kraken book depth must be one of {VALID_DEPTHS}, got {book_depth!r}")
+        super().__init__()
         self.book_depth = book_depth
         self._depths: dict[str, int] = {}  # pair -> depth of its book channel, as served
         self._rules = KrakenSyncRules(book_depth, self._depths)
-        self._instruments: dict[str, Instrument] = {}
-        self._natives: dict[str, str] = {}
-        self._symbols: dict[str, str] = {}
 
     # -- instruments ---------------------------------------------------------
     def instruments_request(self) -> RestRequest:
@@ -139,34 +137,16 @@ class KrakenSpotMapper(ExchangeMapper):
             out.append(Instrument(symbol, wsname, canonical_asset(base), canonical_asset(quote)))
         return out
 
-    def load_instruments(self, instruments: list[Instrument]) -> None:
-        self._instruments = {i.native_symbol: i for i in instruments}
-        self._natives = {i.symbol: i.native_symbol for i in instruments}
-        self._symbols.clear()
+    def _symbol_by_rule(self, native_symbol: str) -> str:
+        if not isinstance(native_symbol, str) or native_symbol.count("/") != 1:
+            raise UnknownSymbolError(f"not a Kraken pair: {native_symbol!r}"[:200], code="MAP-004")
+        base, quote = native_symbol.split("/")
+        try:
+            return join_symbol(base, quote)
+        except Exception:
+            raise UnknownSymbolError(f"not a Kraken pair: {native_symbol!r}"[:200], code="MAP-004") from None
 
-    def normalize_symbol(self, native_symbol: str) -> str:
-        symbol = self._symbols.get(native_symbol)
-        if symbol is not None:
-            return symbol
-        instrument = self._instruments.get(native_symbol)
-        if instrument is not None:
-            symbol = instrument.symbol
-        else:
-            if not isinstance(native_symbol, str) or native_symbol.count("/") != 1:
-                raise UnknownSymbolError(f"not a Kraken pair: {native_symbol!r}"[:200], code="MAP-004")
-            base, quote = native_symbol.split("/")
-            try:
-                symbol = join_symbol(base, quote)
-            except Exception:
-                raise UnknownSymbolError(f"not a Kraken pair: {native_symbol!r}"[:200], code="MAP-004") from None
-        self._symbols[native_symbol] = symbol
-        return symbol
-
-    def native_symbol(self, symbol: str) -> str:
-        symbol = validate_symbol(symbol)
-        native = self._natives.get(symbol)
-        if native is not None:
-            return native
+    def _native_by_rule(self, symbol: str) -> str:
         base, quote = symbol.split("-")[:2]
         return f"{_TO_KRAKEN.get(base, base)}/{_TO_KRAKEN.get(quote, quote)}"
 

@@ -100,10 +100,6 @@ class OkxMapper(ExchangeMapper):
     # OKX closes connections that are silent for 30 s.
     ping_interval = 25.0
 
-    def __init__(self) -> None:
-        self._instruments: dict[str, Instrument] = {}
-        self._symbols: dict[str, str] = {}
-
     # -- instruments ---------------------------------------------------------
     def instruments_request(self) -> RestRequest:
         return RestRequest("/api/v5/public/instruments", {"instType": "SPOT"})
@@ -128,24 +124,18 @@ class OkxMapper(ExchangeMapper):
             out.append(Instrument(symbol, entry["instId"], str(base).upper(), str(quote).upper()))
         return out
 
-    def load_instruments(self, instruments: list[Instrument]) -> None:
-        self._instruments = {i.native_symbol: i for i in instruments}
-        self._symbols.clear()
-
-    def normalize_symbol(self, native_symbol: str) -> str:
-        symbol = self._symbols.get(native_symbol)
-        if symbol is None:
-            try:
-                symbol = validate_symbol(native_symbol)
-            except InvalidSymbolError:
-                raise UnknownSymbolError(f"not an OKX instrument id: {native_symbol!r}"[:200], code="MAP-004") from None
-            if symbol != native_symbol:  # OKX ids are upper case already
-                raise UnknownSymbolError(f"not an OKX instrument id: {native_symbol!r}"[:200], code="MAP-004")
-            self._symbols[native_symbol] = symbol
+    def _symbol_by_rule(self, native_symbol: str) -> str:
+        # OKX instrument ids are already BASE-QUOTE[-...] in upper case.
+        try:
+            symbol = validate_symbol(native_symbol)
+        except InvalidSymbolError:
+            symbol = None
+        if symbol is None or symbol != native_symbol:
+            raise UnknownSymbolError(f"not an OKX instrument id: {native_symbol!r}"[:200], code="MAP-004")
         return symbol
 
-    def native_symbol(self, symbol: str) -> str:
-        return validate_symbol(symbol)
+    def _native_by_rule(self, symbol: str) -> str:
+        return symbol
 
     # -- subscriptions -------------------------------------------------------
     def ws_url(self, base_url: str, native_symbols: list[str]) -> str:

@@ -1,0 +1,168 @@
+"""An append-only, segmented journal on local disk, one per exchange feed.
+
+Layout: ``<dir>/<first seq, 20 digits>.jnl`` segment files. Each record is a
+header (payload length, CRC32, sequence number, receive time, kind, meta
+length) followed by its bytes (:mod:`streamer.journal.records`).
+
+- **Append before processing.** :meth:`Journal.append` writes the record with
+  one ``write`` to a file opened with ``O_APPEND``: once it returns, the
+  record survives a crash of the process (kill -9). ``fsync`` runs at most
+  every ``fsync_interval`` seconds, bounding what a power loss can take.
+- **Torn tails are cut.** A crash can leave a half-written last record; on
+  open, the last segment is truncated at the first record whose length or
+  checksum does not hold.
+- **Bounded.** :meth:`reclaim` deletes whole segments before a base sequence
+  number once PostgreSQL has everything they hold; ``budget_bytes`` is the
+  size the owner keeps it under (see :class:`streamer.durability.Durability`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .records import CorruptRecord, Kind, Record, decode_from, encode
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jnl"
+
+
+class Journal:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 32 * 1024 * 1024,
+        fsync_interval: float = 1.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self.fsync_interval = fsync_interval
+        self._fd: int | None = None
+        self._segment_size = 0
+        self._last_fsync = time.monotonic()
+        #: Sequence number the next appended record gets.
+        self.next_seq = 1
+        self.truncated_bytes = 0
+        self._open()
+
+    # -- segments --------------------------------------------------------------
+    def segments(self) -> list[tuple[int, Path]]:
+        """``(first seq, path)`` of every segment, oldest first."""
+        found = []
+        for path in self.directory.glob(f"*{SUFFIX}"):
+            try:
+                found.append((int(path.stem), path))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(path.stat().st_size for _, path in self.segments())
+
+    def _open(self) -> None:
+        segments = self.segments()
+        if not segments:
+            self._start_segment(self.next_seq)
+            return
+        first, path = segments[-1]
+        data = path.read_bytes()
+        view = memoryview(data)
+        offset, last_seq = 0, first - 1
+        while offset < len(data):
+            try:
+                record, end = decode_from(view, offset)
+            except CorruptRecord as exc:
+                self.truncated_bytes = len(data) - offset
+                log.warning("journal %s: cutting a torn tail of %d bytes (%s)", path, self.truncated_bytes, exc)
+                with open(path, "r+b") as fh:
+                    fh.truncate(offset)
+                break
+            last_seq, offset = record.seq, end
+        self.next_seq = last_seq + 1
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._segment_size = offset
+
+    def _start_segment(self, first_seq: int) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        path = self.directory / f"{first_seq:020d}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._segment_size = 0
+
+    # -- writing ---------------------------------------------------------------
+    def append(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> int:
+        """Write one record; returns its sequence number."""
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        seq = self.next_seq
+        data = encode(Record(seq, local_ts, kind, meta, payload))
+        if self._segment_size and self._segment_size + len(data) > self.segment_bytes:
+            self._start_segment(seq)
+        assert self._fd is not None
+        os.write(self._fd, data)
+        self._segment_size += len(data)
+        self.next_seq = seq + 1
+        now = time.monotonic()
+        if now - self._last_fsync >= self.fsync_interval:
+            os.fsync(self._fd)
+            self._last_fsync = now
+        return seq
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            self._last_fsync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    # -- reading ---------------------------------------------------------------
+    def read(self, from_seq: int = 0) -> Iterator[Record]:
+        """Records with ``seq >= from_seq``, in order (up to what was appended so far)."""
+        segments = self.segments()
+        for index, (first, path) in enumerate(segments):
+            following = segments[index + 1][0] if index + 1 < len(segments) else None
+            if following is not None and following <= from_seq:
+                continue  # the whole segment is before from_seq
+            data = memoryview(path.read_bytes())
+            offset = 0
+            while offset < len(data):
+                try:
+                    record, offset = decode_from(data, offset)
+                except CorruptRecord:
+                    break  # a record being written right now, or a cut tail
+                if record.seq >= from_seq:
+                    yield record
+
+    def last_record_of(self, kinds: set[Kind], at_most: int) -> Record | None:
+        """The newest record of one of ``kinds`` with ``seq <= at_most``."""
+        found = None
+        for record in self.read():
+            if record.seq > at_most:
+                break
+            if record.kind in kinds:
+                found = record
+        return found
+
+    # -- reclaiming ------------------------------------------------------------
+    def reclaim(self, base_seq: int) -> int:
+        """Delete segments holding only records before ``base_seq``; returns bytes freed."""
+        segments = self.segments()
+        freed = 0
+        for index, (first, path) in enumerate(segments[:-1]):  # never the segment being written
+            following = segments[index + 1][0]
+            if following <= base_seq:
+                freed += path.stat().st_size
+                path.unlink()
+        return freed

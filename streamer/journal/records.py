@@ -1,0 +1,82 @@
+"""What the journal records: everything a feed's output depends on.
+
+Re-processing the records from a base record reproduces the feed's output
+exactly, because every input to the feed is here in order with its receive
+time: WebSocket frames, REST bodies, connects and disconnects, the periodic
+snapshot ticks, and local events such as memory alarms.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Kind(IntEnum):
+    WS_TEXT = 1
+    WS_BINARY = 2
+    #: A REST body. ``meta`` is the native symbol for a book snapshot, "" for instrument metadata.
+    HTTP = 3
+    #: A new connection: every book starts over. ``meta`` is the URL.
+    CONNECT = 4
+    #: The connection ended. ``meta`` is the reason.
+    DISCONNECT = 5
+    #: Time to write a periodic book snapshot of every synced book.
+    SNAPSHOT_TICK = 6
+    #: The whole feed state (books, sync state, mapper state), pickled: a base
+    #: from which re-processing can start without the records before it.
+    STATE = 7
+    #: A feed event raised locally (memory alarm, spool alarm); ``payload`` is JSON.
+    LOCAL_EVENT = 8
+
+
+@dataclass(slots=True)
+class Record:
+    seq: int
+    local_ts: int
+    kind: Kind
+    meta: str
+    payload: bytes
+
+    def text(self) -> str:
+        return self.payload.decode("utf-8")
+
+
+# length of (meta + payload), crc32 of everything after the crc, seq, local_ts, kind, meta length
+HEADER = struct.Struct(">IIQqBH")
+MAX_META = 0xFFFF
+
+
+def encode(record: Record) -> bytes:
+    meta = record.meta.encode("utf-8")
+    if len(meta) > MAX_META:
+        meta = meta[:MAX_META]
+    body = meta + record.payload
+    rest = struct.pack(">QqBH", record.seq, record.local_ts, int(record.kind), len(meta)) + body
+    return struct.pack(">II", len(body), zlib.crc32(rest)) + rest
+
+
+class CorruptRecord(Exception):
+    """A record whose length or checksum does not hold (a torn write at a crash)."""
+
+
+def decode_from(buffer: memoryview, offset: int) -> tuple[Record, int]:
+    """Decode the record at ``offset``; returns it and the next offset."""
+    if len(buffer) - offset < HEADER.size:
+        raise CorruptRecord("short header")
+    length, crc, seq, local_ts, kind, meta_len = HEADER.unpack_from(buffer, offset)
+    end = offset + HEADER.size + length
+    if end > len(buffer) or meta_len > length:
+        raise CorruptRecord("short record")
+    if zlib.crc32(buffer[offset + 8 : end]) != crc:
+        raise CorruptRecord("checksum mismatch")
+    start = offset + HEADER.size
+    meta = bytes(buffer[start : start + meta_len]).decode("utf-8")
+    payload = bytes(buffer[start + meta_len : end])
+    try:
+        kind_value = Kind(kind)
+    except ValueError:
+        raise CorruptRecord(f"unknown record kind {kind}") from None
+    return Record(seq, local_ts, kind_value, meta, payload), end
