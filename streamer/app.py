@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -17,6 +19,7 @@ import psycopg
 from .capture.writer import CaptureWriter
 from .config import Settings
 from .connection.clock import now_us
+from .durability import FeedDurability
 from .exchanges.registry import get_mapper
 from .feed import ExchangeFeed, FeedConfig
 from .outputs import Outputs
@@ -72,7 +75,6 @@ class Streamer:
         await self.pg.start()
         await self.redis.start()
         for config in self.feed_configs:
-            mapper = get_mapper(config.exchange)
             recorder = None
             if self.record_dir is not None:
                 self.record_dir.mkdir(parents=True, exist_ok=True)
@@ -82,14 +84,20 @@ class Streamer:
                 )
                 self._writers.append(writer)
                 recorder = _CaptureRecorder(writer)
-            feed = ExchangeFeed(config, mapper, self.outputs, recorder=recorder, http_recorder=recorder)
+            durability = FeedDurability(
+                config.exchange,
+                self.settings.data_dir / "journal" / config.exchange,
+                self.pg,
+                budget_bytes=self.settings.spool_budget_mb * 2**20,
+            )
+            config = replace(config, snapshot_depth=self.settings.heatmap_depth,
+                             snapshot_band_pct=self.settings.snapshot_band_pct)
+            feed = ExchangeFeed(
+                config, partial(get_mapper, config.exchange), self.outputs, durability,
+                recorder=recorder, http_recorder=recorder,
+            )
             self.feeds.append(feed)
-        self.snapshotter = Snapshotter(
-            self.feeds,
-            interval=self.settings.snapshot_interval,
-            depth=self.settings.heatmap_depth,
-            band_pct=self.settings.snapshot_band_pct,
-        )
+        self.snapshotter = Snapshotter(self.feeds, interval=self.settings.snapshot_interval)
         self.watchdog = MemoryWatchdog(self.feeds, limit_mb=self.settings.max_memory_mb)
         self.started_us = now_us()
         for feed in self.feeds:
@@ -115,8 +123,12 @@ class Streamer:
                 await task
         if self.snapshotter is not None:
             await self.snapshotter.snapshot_all()
+        for feed in self.feeds:
+            await feed.durability.wait_recovered()
         await self.pg.close()
         await self.redis.close()
+        for feed in self.feeds:
+            feed.durability.close()
         for writer in self._writers:
             writer.close()
 

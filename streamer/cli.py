@@ -1,11 +1,12 @@
 """The ``coby`` command.
 
     coby stream [EXCHANGE:SYM,SYM ...] [--duration S] [--record DIR]
-    coby capture replay FILE [--exchange PROTOCOL] [--speed max|1|N]
-    coby simulate [--exchanges binance,kraken,okx] [--duration S]
+    coby capture replay FILE [--exchange PROTOCOL] [--speed max|1|N] [--faults SPEC]
+    coby simulate [--exchanges binance,kraken,okx] [--duration S] [--faults SPEC]
     coby demo [--duration S] [--no-ui]
     coby materialize HOUR [HOUR ...] | --from HOUR --to HOUR
     coby schema
+    coby faults [--json] [--scenario NAME ...] [--short]
 
 Commands that produce a result print it as one JSON object on the last line
 of stdout; logs go to stderr.
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 import orjson
 
 from .errors import CobyError
+from .logging_setup import install_logging
+from .secrets import scrub
 
 
 def _speed(value: str) -> float | None:
@@ -64,11 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="protocol when the venue differs (binance for Binance.US/TR, okx for Okcoin)")
     replay.add_argument("--speed", type=_speed, default=None, metavar="max|1|N", help="replay speed (default max)")
     replay.add_argument("--timeout", type=_positive, default=120.0, help="give up after this many seconds")
+    replay.add_argument("--faults", metavar="SPEC[;SPEC]",
+                        help="inject faults, e.g. 'drop:every=500;disconnect:after=1000,times=5' "
+                             "(kinds: drop, duplicate, reorder, corrupt, disconnect, stall, rest)")
 
     simulate = sub.add_parser("simulate", help="run simulated exchanges on 127.0.0.1")
     simulate.add_argument("--exchanges", default="binance,kraken,okx")
     simulate.add_argument("--duration", type=_positive)
     simulate.add_argument("--rate", type=float, default=50.0, help="market events per second per symbol")
+    simulate.add_argument("--faults", metavar="SPEC[;SPEC]",
+                          help="inject faults on every simulated exchange (see capture replay --faults); "
+                               "switch them at runtime with POST/DELETE /_coby/faults")
 
     demo = sub.add_parser("demo", help="embedded servers + simulated exchanges + streamer + Dagster")
     demo.add_argument("--duration", type=_positive, help="run bounded, materialize the covered hours, print a summary")
@@ -82,16 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--to", dest="end")
 
     sub.add_parser("schema", help="create or upgrade the PostgreSQL schema")
+
+    faults = sub.add_parser("faults", help="run fault scenarios end to end against PostgreSQL and Redis servers "
+                                           "of their own; one JSON object per scenario")
+    faults.add_argument("--json", action="store_true", help="one JSON object per line, nothing else")
+    faults.add_argument("--scenario", action="append", metavar="NAME",
+                        help="run only this scenario (repeatable; default: all)")
+    faults.add_argument("--short", action="store_true", help="short durations (as in the test suite)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Every log line, error message and uncaught traceback is scrubbed of secrets.
+    install_logging(verbose=args.verbose)
     from . import commands  # imported late: keeps `coby --help` fast
 
     try:
@@ -107,15 +119,17 @@ def main(argv: list[str] | None = None) -> int:
             result = commands.materialize(args)
         elif args.command == "schema":
             result = commands.schema(args)
+        elif args.command == "faults":
+            return commands.faults(args)  # prints one object per scenario itself
         else:  # pragma: no cover - argparse enforces the choices
             raise AssertionError(args.command)
     except CobyError as exc:
-        print(f"coby: {exc}", file=sys.stderr)
+        print(scrub(f"coby: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     if result is not None:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        sys.stdout.write(scrub(orjson.dumps(result).decode()) + "\n")
         sys.stdout.flush()
     return 0
 

@@ -37,6 +37,23 @@ DEMO_SYMBOLS = {
 }
 
 
+def ws_options(settings: Settings, **overrides) -> WsOptions:
+    """Connection options from the settings (``COBY_STALL_TIMEOUT``, ``COBY_MAX_FRAME_BYTES``)."""
+    values = {"stall_timeout": settings.stall_timeout, "max_frame_bytes": settings.max_frame_bytes, **overrides}
+    return WsOptions(**values)
+
+
+def _fault_plan(spec: str | None):
+    """The fault plans of a ``--faults`` spec (None without one); a bad spec is a ConfigError."""
+    if not spec:
+        return None
+    from .local.faults import parse_fault_spec
+
+    plan = parse_fault_spec(spec)
+    log.warning("injecting faults: %s", plan.spec())
+    return plan
+
+
 def parse_stream_specs(specs: list[str]) -> dict[str, list[str]]:
     """``["binance:BTC-USDT,ETH-USDT", ...]`` -> ``{"binance": ["BTC-USDT", "ETH-USDT"]}``."""
     result: dict[str, list[str]] = {}
@@ -84,7 +101,7 @@ async def stream(args) -> dict:
     specs = args.specs or (os.environ.get("COBY_STREAMS") or DEFAULT_STREAMS).split()
     wanted = parse_stream_specs(specs)
     feeds = [
-        FeedConfig(exchange, symbols, resolve_endpoints(get_mapper(exchange)))
+        FeedConfig(exchange, symbols, resolve_endpoints(get_mapper(exchange)), ws=ws_options(settings))
         for exchange, symbols in wanted.items()
     ]
     with running_services(settings) as resolved:
@@ -96,6 +113,7 @@ async def capture_replay(args, settings: Settings | None = None) -> dict:
     from .app import Streamer
     from .capture.reader import load_capture
     from .capture.replay import CaptureReplayBackend, protocol_of, session_symbols
+    from .local.faults import describe_plan
     from .local.server import LocalExchangeServer
 
     capture = load_capture(Path(args.file))
@@ -106,14 +124,15 @@ async def capture_replay(args, settings: Settings | None = None) -> dict:
     if not natives:
         raise ConfigError(f"{args.file}: no book or trade subscriptions found in the session")
     backend = CaptureReplayBackend(capture, speed=args.speed)
+    faults = _fault_plan(getattr(args, "faults", None))
     settings = settings or load_settings()
     with running_services(settings) as resolved:
-        async with LocalExchangeServer(backend) as server:
+        async with LocalExchangeServer(backend, faults=faults) as server:
             ws_url = server.ws_base_url + _ws_path(mapper.default_endpoints.ws_url)
             feed = FeedConfig(
                 protocol, [], Endpoints(ws_url, server.rest_base_url),
                 # The capture ends; a quiet replay is not a stall to reconnect from.
-                ws=WsOptions(stall_timeout=max(60.0, args.timeout)),
+                ws=ws_options(resolved, stall_timeout=max(60.0, args.timeout)),
                 native_symbols=natives,
             )
             streamer = Streamer(resolved, [feed])
@@ -155,6 +174,7 @@ async def capture_replay(args, settings: Settings | None = None) -> dict:
         "checksum_failed": summary["checksum_failed"],
         "rejected": summary["rejected"],
         "timed_out": timed_out,
+        **({"faults": describe_plan(faults)} if faults is not None else {}),
         "books": books,
         "redis_books": {
             book["symbol"]: {"bid": book["bids"][0] if book["bids"] else None,
@@ -179,6 +199,8 @@ async def simulate(args) -> dict:
     protocols = [p.strip() for p in args.exchanges.split(",") if p.strip()]
     for protocol in protocols:
         get_mapper(protocol)
+    faults_spec = getattr(args, "faults", None)
+    _fault_plan(faults_spec)  # a bad spec fails before any server starts
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,6 +208,8 @@ async def simulate(args) -> dict:
             loop.add_signal_handler(sig, stop.set)
     async with run_simulated_exchanges(protocols, {p: DEMO_SYMBOLS[p] for p in protocols}, rate=args.rate) as urls:
         for protocol, endpoints in urls.items():
+            # One plan per exchange: counters and held frames must not mix across servers.
+            urls.servers[protocol].faults = _fault_plan(faults_spec)
             print(f"{protocol}: ws={endpoints.ws_url} rest={endpoints.rest_url}", file=sys.stderr, flush=True)
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
@@ -232,7 +256,7 @@ def demo(args, settings: Settings | None = None) -> dict:
             "COBY_DATASETS_DIR": str((resolved.data_dir / "datasets").resolve()),
         }
         with _environ(pipeline_env):
-            ui = None if args.no_ui else _start_dagster_ui(dict(os.environ), args.ui_port)
+            ui = None if args.no_ui else _start_dagster_ui(dict(os.environ), args.ui_port, resolved.ui_host)
             started = datetime.now(timezone.utc)
             try:
                 summary = asyncio.run(_demo_stream(resolved, args))
@@ -248,7 +272,7 @@ def demo(args, settings: Settings | None = None) -> dict:
                         pipeline=materialized,
                         replay_dataset=materialized["replay_dataset"],
                         rows=_table_counts(resolved),
-                        dagster_ui=None if ui is None else f"http://127.0.0.1:{args.ui_port}",
+                        dagster_ui=None if ui is None else f"http://{resolved.ui_host}:{args.ui_port}",
                     )
                 return result
             finally:
@@ -275,7 +299,7 @@ async def _demo_stream(settings: Settings, args) -> dict:
     from .simulator.backend import run_simulated_exchanges
 
     async with run_simulated_exchanges(list(DEMO_SYMBOLS), DEMO_SYMBOLS, rate=args.rate) as urls:
-        feeds = [FeedConfig(p, DEMO_SYMBOLS[p], urls[p]) for p in DEMO_SYMBOLS]
+        feeds = [FeedConfig(p, DEMO_SYMBOLS[p], urls[p], ws=ws_options(settings)) for p in DEMO_SYMBOLS]
         return await _run_streamer(settings, feeds, duration=args.duration)
 
 
@@ -286,10 +310,10 @@ def _install_dagster_yaml(dagster_home: Path) -> None:
         target.write_text(source.read_text())
 
 
-def _start_dagster_ui(env: dict[str, str], port: int) -> subprocess.Popen:
+def _start_dagster_ui(env: dict[str, str], port: int, host: str = "127.0.0.1") -> subprocess.Popen:
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
-    log.info("starting Dagster UI and daemon on http://127.0.0.1:%d", port)
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
+    log.info("starting Dagster UI and daemon on http://%s:%d", host, port)
     # Default signal handling, so the process group can be stopped by SIGTERM.
     return subprocess.Popen(command, env=env, start_new_session=True, stdout=sys.stderr, stderr=sys.stderr)
 
@@ -338,3 +362,37 @@ def schema(args) -> dict:
     return {"schema": resolved.db.schema, "report": str(report)}
 
 
+def faults(args) -> int:
+    """Run the fault scenarios; print one JSON object per scenario as each ends.
+
+    Exit code 0 when every scenario ran (losses are results, not failures),
+    1 when the harness itself failed for a scenario (its object has ``error``).
+    """
+    import orjson
+
+    from .faultsuite.runner import run_suite
+    from .faultsuite.scenarios import all_scenarios
+
+    available = all_scenarios()
+    names = args.scenario or list(available)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(available)}")
+
+    def emit(result: dict) -> None:
+        if args.json:
+            sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        else:
+            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+            if "error" in result:
+                print(f"{result['scenario']}: harness failed: {result['error']}", file=sys.stderr)
+            else:
+                print(f"{result['scenario']}: sent {result['ticks_sent']} ticks, stored {result['ticks_stored']}, "
+                      f"lost {result['lost']}, duplicated {result['duplicated']}, "
+                      f"quarantined {result['quarantined']}, gaps {result['gaps_recorded']}, "
+                      f"sent while dead {result['sent_while_dead']}, peak RSS {result['peak_rss_mb']} MB",
+                      file=sys.stderr)
+        sys.stdout.flush()
+
+    results = asyncio.run(run_suite([available[name] for name in names], short=args.short, on_result=emit))
+    return 1 if any("error" in result for result in results) else 0

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from .errors import ConfigError
+from .secrets import register_secret, resolve_secrets
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -92,6 +93,11 @@ class DatabaseSettings:
     password: str | None = field(default=None, repr=False)  # never printed
     sslmode: str | None = None
     schema: str = "coby"
+    #: CA bundle that verifies the server (``sslmode=verify-ca/verify-full``).
+    sslrootcert: str | None = None
+    #: Client certificate and key, for servers that authenticate clients by certificate.
+    sslcert: str | None = None
+    sslkey: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -108,6 +114,10 @@ class DatabaseSettings:
         params = [f"host={quote(self.host, safe='/')}", f"port={self.port}"]
         if self.sslmode:
             params.append(f"sslmode={quote(self.sslmode, safe='')}")
+        for key in ("sslrootcert", "sslcert", "sslkey"):
+            value = getattr(self, key)
+            if value:
+                params.append(f"{key}={quote(value, safe='/')}")
         return f"postgresql://{auth}@/{db}?" + "&".join(params)
 
     def safe_description(self) -> str:
@@ -117,6 +127,8 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class RedisSettings:
+    """Where Redis is and how to authenticate (AUTH password, or ACL user + password)."""
+
     host: str | None
     port: int = 6379
     password: str | None = field(default=None, repr=False)
@@ -124,6 +136,12 @@ class RedisSettings:
     prefix: str = "coby:"
     unix_socket: str | None = None
     tls: bool = False
+    #: ACL user (Redis 6+); ``None`` authenticates as ``default`` with ``password``.
+    username: str | None = None
+    #: TLS: CA bundle that verifies the server, and a client certificate and key.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -132,17 +150,31 @@ class RedisSettings:
     def client_kwargs(self) -> dict:
         """Keyword arguments for ``redis.Redis`` / ``redis.asyncio.Redis``."""
         kwargs: dict = {"db": self.db, "password": self.password}
+        if self.username:
+            kwargs["username"] = self.username
         if self.unix_socket:
             kwargs["unix_socket_path"] = self.unix_socket
         elif self.host is not None:
             kwargs.update(host=self.host, port=self.port, ssl=self.tls)
+            if self.tls:
+                kwargs["ssl_cert_reqs"] = "required"
+                if self.tls_ca_file:
+                    kwargs["ssl_ca_certs"] = self.tls_ca_file
+                if self.tls_cert_file:
+                    kwargs["ssl_certfile"] = self.tls_cert_file
+                if self.tls_key_file:
+                    kwargs["ssl_keyfile"] = self.tls_key_file
         else:
             raise ConfigError("REDIS_HOST is not set and no embedded Redis has been started yet")
         return kwargs
 
     def safe_description(self) -> str:
-        where = self.unix_socket or f"{self.host}:{self.port}"
-        return f"redis://{where}/{self.db} (prefix {self.prefix!r})"
+        """For logs: user but no password."""
+        user = f"{self.username}@" if self.username else ""
+        if self.unix_socket:
+            return f"unix://{user}{self.unix_socket}?db={self.db} (prefix {self.prefix!r})"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{user}{self.host}:{self.port}/{self.db} (prefix {self.prefix!r})"
 
 
 @dataclass(frozen=True)
@@ -161,10 +193,18 @@ class Settings:
     data_buffer_size: int = 10_000
     batch_write_size: int = 5_000
     max_memory_mb: int = 1024
+    #: Disk budget of each feed's journal (the spool while PostgreSQL is down).
+    spool_budget_mb: int = 1024
     retention_days: int = 30
     partitions_ahead_days: int = 2
     trade_stream_maxlen: int = 10_000
+    #: Seconds without any frame after which a connection counts as stalled and reconnects.
+    stall_timeout: float = 30.0
+    #: Frames larger than this many bytes are quarantined (the connection stays up).
+    max_frame_bytes: int = 4 * 1024 * 1024
     captures_dir: Path = Path("../shared/fixtures/captures")
+    #: Address the Dagster UI of ``coby demo`` listens on (loopback unless configured).
+    ui_host: str = "127.0.0.1"
 
     def with_db(self, **changes) -> "Settings":
         return replace(self, db=replace(self.db, **changes))
@@ -186,36 +226,144 @@ def _bucket_sizes(env: Mapping[str, str]) -> dict[str, Decimal]:
     return sizes
 
 
+def _pg_cert_file(env: Mapping[str, str], name: str) -> str | None:
+    """A certificate or key file for libpq; it must exist (``system`` is libpq's
+    own keyword for the operating system's CA store)."""
+    value = _get(env, name)
+    if value is None or (name == "DB_SSLROOTCERT" and value == "system"):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{name} must name an existing file, got {value!r}")
+    return str(path)
+
+
+def _redis_tls_file(env: Mapping[str, str], name: str) -> str | None:
+    value = _get(env, name)
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{name} must name an existing file, got {value!r}")
+    return str(path)
+
+
+def _redis_settings(env: Mapping[str, str], prefix: str, password: str | None, url: str | None) -> RedisSettings:
+    """``REDIS_URL`` when set (it then decides host, port or socket, db and TLS,
+    and its credentials win over ``REDIS_USERNAME``/``REDIS_PASSWORD``), else the
+    separate ``REDIS_*`` variables."""
+    username = _get(env, "REDIS_USERNAME")
+    if username is not None and not re.fullmatch(r"[^\s]{1,256}", username):
+        raise ConfigError("REDIS_USERNAME must not contain whitespace")
+    if url is not None:
+        location = _parse_redis_url(url)
+        username = location.pop("username") or username
+        password = location.pop("password") or password
+    else:
+        tls_raw = (_get(env, "REDIS_TLS") or "0").lower()
+        if tls_raw not in {"0", "1", "true", "false", "yes", "no"}:
+            raise ConfigError(f"REDIS_TLS must be true or false, got {tls_raw!r}")
+        location = dict(
+            host=_get(env, "REDIS_HOST"),
+            port=_int(env, "REDIS_PORT", 6379, maximum=65535),
+            db=_int(env, "REDIS_DB", 0, minimum=0, maximum=15),
+            unix_socket=_get(env, "REDIS_SOCKET"),
+            tls=tls_raw in {"1", "true", "yes"},
+        )
+    register_secret(password)
+    tls_files = {
+        key: _redis_tls_file(env, name)
+        for key, name in (("tls_ca_file", "REDIS_TLS_CA_FILE"), ("tls_cert_file", "REDIS_TLS_CERT_FILE"),
+                          ("tls_key_file", "REDIS_TLS_KEY_FILE"))
+    }
+    if not location["tls"]:
+        for name, value in zip(("REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE"), tls_files.values()):
+            if value is not None:
+                raise ConfigError(f"{name} is set but TLS is off: set REDIS_TLS=1 or use a rediss:// REDIS_URL")
+    return RedisSettings(prefix=prefix, password=password, username=username, **location, **tls_files)
+
+
+def _parse_redis_url(url: str) -> dict:
+    """``redis://[user[:password]@]host[:port][/db]``, ``rediss://`` (TLS) or
+    ``unix://[user[:password]@]/path/to/socket[?db=N]``. Errors never echo the
+    URL: it may hold a password."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("REDIS_URL is not a valid URL (bad port or brackets)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {scheme + '://' if scheme else 'no scheme'}")
+    query: dict[str, str] = {}
+    for item in filter(None, parts.query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "db":
+            raise ConfigError(f"REDIS_URL: unsupported query parameter {key!r} (only db is accepted)")
+        query[key] = unquote(value)
+    db_text = query.get("db")
+    if scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ConfigError("REDIS_URL: a unix:// URL needs an absolute socket path (unix:///run/redis.sock)")
+        host, unix_socket = None, unquote(parts.path)
+    else:
+        if not parts.hostname:
+            raise ConfigError("REDIS_URL names no host")
+        host, unix_socket = parts.hostname, None
+        path_db = parts.path.strip("/")
+        if path_db:
+            if db_text is not None:
+                raise ConfigError("REDIS_URL gives the database twice (path and ?db=)")
+            db_text = path_db
+    try:
+        db = int(db_text) if db_text is not None else 0
+    except ValueError:
+        raise ConfigError(f"REDIS_URL: the database must be an integer, got {db_text!r}") from None
+    if not 0 <= db <= 15:
+        raise ConfigError(f"REDIS_URL: the database must be between 0 and 15, got {db}")
+    return dict(
+        host=host,
+        port=port or 6379,
+        db=db,
+        unix_socket=unix_socket,
+        tls=scheme == "rediss",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def _listen_host(env: Mapping[str, str], name: str) -> str:
+    """A listen address: loopback by default; anything else must be asked for."""
+    value = _get(env, name) or "127.0.0.1"
+    if not re.fullmatch(r"[A-Za-z0-9.:\-]{1,253}", value):
+        raise ConfigError(f"{name} must be a host name or an IP address, got {value!r}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
     data_dir = Path(_get(env, "COBY_DATA_DIR") or ".coby").expanduser()
+    secrets = resolve_secrets(env)  # DB_PASSWORD, REDIS_PASSWORD, REDIS_URL from env, *_FILE or COBY_SECRETS_FILE
     db = DatabaseSettings(
         host=_get(env, "DB_HOST"),
         port=_int(env, "DB_PORT", 5432, maximum=65535),
         name=_get(env, "DB_NAME") or "coby",
         user=_get(env, "DB_USER") or "postgres",
-        password=_get(env, "DB_PASSWORD"),
+        password=secrets["DB_PASSWORD"],
         sslmode=_get(env, "DB_SSLMODE"),
         schema=_ident(env, "COBY_DB_SCHEMA", "coby"),
+        sslrootcert=_pg_cert_file(env, "DB_SSLROOTCERT"),
+        sslcert=_pg_cert_file(env, "DB_SSLCERT"),
+        sslkey=_pg_cert_file(env, "DB_SSLKEY"),
     )
+    register_secret(db.password)
     if db.sslmode is not None and db.sslmode not in {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}:
         raise ConfigError(f"DB_SSLMODE must be a libpq sslmode, got {db.sslmode!r}")
     prefix = _get(env, "COBY_REDIS_PREFIX") or "coby:"
     if not re.fullmatch(r"[A-Za-z0-9_:.\-]{1,64}", prefix):
         raise ConfigError(f"COBY_REDIS_PREFIX may hold only letters, digits and _:.- , got {prefix!r}")
-    tls_raw = (_get(env, "REDIS_TLS") or "0").lower()
-    if tls_raw not in {"0", "1", "true", "false", "yes", "no"}:
-        raise ConfigError(f"REDIS_TLS must be true or false, got {tls_raw!r}")
-    redis = RedisSettings(
-        host=_get(env, "REDIS_HOST"),
-        port=_int(env, "REDIS_PORT", 6379, maximum=65535),
-        password=_get(env, "REDIS_PASSWORD"),
-        db=_int(env, "REDIS_DB", 0, minimum=0, maximum=15),
-        prefix=prefix,
-        unix_socket=_get(env, "REDIS_SOCKET"),
-        tls=tls_raw in {"1", "true", "yes"},
-    )
+    redis = _redis_settings(env, prefix, secrets["REDIS_PASSWORD"], secrets["REDIS_URL"])
     return Settings(
         db=db,
         redis=redis,
@@ -227,10 +375,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_buffer_size=_int(env, "DATA_BUFFER_SIZE", 10_000, minimum=10),
         batch_write_size=_int(env, "BATCH_WRITE_SIZE", 5_000),
         max_memory_mb=_int(env, "MAX_MEMORY_USAGE", 1024, minimum=64),
+        spool_budget_mb=_int(env, "COBY_SPOOL_BUDGET_MB", 1024, minimum=1),
         retention_days=_int(env, "COBY_RETENTION_DAYS", 30),
         partitions_ahead_days=_int(env, "COBY_PARTITIONS_AHEAD_DAYS", 2, minimum=0),
         trade_stream_maxlen=_int(env, "COBY_TRADE_STREAM_MAXLEN", 10_000, minimum=10),
+        stall_timeout=_float(env, "COBY_STALL_TIMEOUT", 30.0),
+        max_frame_bytes=_int(env, "COBY_MAX_FRAME_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024),
         captures_dir=Path(_get(env, "COBY_CAPTURES_DIR") or "../shared/fixtures/captures"),
+        ui_host=_listen_host(env, "COBY_UI_HOST"),
     )
 
 

@@ -186,6 +186,21 @@ INSTRUMENTS = Table(
     primary_key=("exchange", "symbol"),
 )
 
+#: Not market data: how far each feed's journal has reached PostgreSQL. Updated in
+#: the same transaction as the rows, so after a crash or an outage re-processing
+#: the journal from here on never duplicates a row (see streamer.durability).
+INGEST_CHECKPOINTS = Table(
+    "ingest_checkpoints",
+    (
+        _t("stream", "text", "the feed's journal, e.g. binance"),
+        _t("seq", "bigint", "last journal record whose rows are all stored"),
+        _t("updated_at", "timestamp"),
+    ),
+    "Durability checkpoints of the streamer's journals.",
+    time_column=None,
+    primary_key=("stream",),
+)
+
 #: Tables the streamer writes, in creation order.
 TABLES: tuple[Table, ...] = (BOOK_UPDATES, TRADES, BOOK_SNAPSHOTS, FEED_EVENTS, QUARANTINE, INSTRUMENTS)
 TABLES_BY_NAME = {t.name: t for t in TABLES}

@@ -40,6 +40,7 @@ from psycopg import sql
 
 from .config import Settings
 from .errors import ServerError
+from .secrets import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,15 @@ class RedisServer:
     unix_socket: str | None
     port: int | None
     process: subprocess.Popen | None = None
+    #: TCP listen address (loopback unless the caller asked for another).
+    host: str = "127.0.0.1"
 
     def client_kwargs(self) -> dict:
         if self.unix_socket:
             return {"unix_socket_path": self.unix_socket}
-        return {"host": "127.0.0.1", "port": self.port}
+        # A wildcard bind is reached through loopback.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "*") else self.host
+        return {"host": host, "port": self.port}
 
     def ping(self) -> bool:
         return _redis_ping(self.client_kwargs())
@@ -124,9 +129,9 @@ def _terminate(pid: int, timeout: float, process: subprocess.Popen | None = None
         process.wait(5)  # reap our own child so it does not linger as a zombie
 
 
-def _redis_config(directory: Path, unix_socket: str | None, port: int) -> str:
+def _redis_config(directory: Path, unix_socket: str | None, port: int, bind: str = "127.0.0.1") -> str:
     lines = [
-        "bind 127.0.0.1",
+        f"bind {bind}",
         f"port {port}",  # 0 = no TCP listener at all
         "protected-mode yes",
         "daemonize no",
@@ -162,8 +167,8 @@ def _adopt_stale_redis(directory: Path) -> RedisServer | None:
         # Dead, or the pid was reused by an unrelated process: not ours to touch.
         pid_file.unlink(missing_ok=True)
         return None
-    unix_socket, port = _read_listen_config(conf_file)
-    server = RedisServer(directory, pid, unix_socket, port)
+    unix_socket, port, bind = _read_listen_config(conf_file)
+    server = RedisServer(directory, pid, unix_socket, port, host=bind)
     if server.ping():
         log.info("adopting the running embedded Redis (pid %d) under %s", pid, directory)
         return server
@@ -172,23 +177,27 @@ def _adopt_stale_redis(directory: Path) -> RedisServer | None:
     return None
 
 
-def _read_listen_config(conf_file: Path) -> tuple[str | None, int | None]:
-    unix_socket, port = None, None
+def _read_listen_config(conf_file: Path) -> tuple[str | None, int | None, str]:
+    unix_socket, port, bind = None, None, "127.0.0.1"
     for line in conf_file.read_text().splitlines():
         key, _, value = line.partition(" ")
         if key == "unixsocket":
             unix_socket = value.strip()
         elif key == "port" and value.strip() != "0":
             port = int(value)
-    return unix_socket, port
+        elif key == "bind" and value.strip():
+            bind = value.split()[0]
+    return unix_socket, port, bind
 
 
-def start_redis(directory: Path, *, port: int | None = None) -> RedisServer:
+def start_redis(directory: Path, *, port: int | None = None, bind: str = "127.0.0.1") -> RedisServer:
     """Start (or adopt) a real redis-server under ``directory``.
 
     ``port=None`` listens on a unix socket in ``directory`` (TCP on a free
-    ``127.0.0.1`` port if the socket path is too long); a port number forces
-    TCP on that port (tests that restart a server need a fixed address).
+    port if the socket path is too long); a port number forces TCP on that
+    port (tests that restart a server need a fixed address). TCP listens on
+    ``bind``, loopback unless the caller asks for another address; the unix
+    socket is readable by this user only.
     """
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -207,9 +216,9 @@ def start_redis(directory: Path, *, port: int | None = None) -> RedisServer:
         socket_path.unlink(missing_ok=True)
         listen_port = 0
     else:
-        listen_port = port if port is not None else free_tcp_port()
+        listen_port = port if port is not None else free_tcp_port(bind)
     conf_file = directory / "redis.conf"
-    conf_file.write_text(_redis_config(directory, unix_socket, listen_port))
+    conf_file.write_text(_redis_config(directory, unix_socket, listen_port, bind))
     log_file = directory / "redis.log"
     process = subprocess.Popen(
         [str(redis_server_binary()), str(conf_file)],
@@ -220,13 +229,13 @@ def start_redis(directory: Path, *, port: int | None = None) -> RedisServer:
         # cache before the streamer has flushed to it; stop() ends it.
         start_new_session=True,
     )
-    server = RedisServer(directory, process.pid, unix_socket, listen_port or None, process)
+    server = RedisServer(directory, process.pid, unix_socket, listen_port or None, process, host=bind)
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerError(f"embedded redis-server exited with code {process.returncode}: {_tail(log_file)}")
         if server.ping():
-            log.info("embedded Redis pid %d on %s", process.pid, unix_socket or f"127.0.0.1:{listen_port}")
+            log.info("embedded Redis pid %d on %s", process.pid, unix_socket or f"{bind}:{listen_port}")
             return server
         time.sleep(0.02)
     server.stop()
@@ -299,7 +308,7 @@ def ensure_database(settings: Settings) -> None:
             except (pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
                 pass  # another process created it between our check and our CREATE
     except psycopg.OperationalError as exc:
-        raise ServerError(f"cannot reach {settings.db.safe_description()}: {exc}") from exc
+        raise ServerError(f"cannot reach {settings.db.safe_description()}: {describe_error(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------
@@ -414,6 +423,12 @@ def export_env(settings: Settings) -> dict[str, str]:
         env["DB_PASSWORD"] = db.password
     if db.sslmode:
         env["DB_SSLMODE"] = db.sslmode
+    for name, value in (("DB_SSLROOTCERT", db.sslrootcert), ("DB_SSLCERT", db.sslcert), ("DB_SSLKEY", db.sslkey),
+                        ("REDIS_USERNAME", rd.username), ("REDIS_TLS_CA_FILE", rd.tls_ca_file),
+                        ("REDIS_TLS_CERT_FILE", rd.tls_cert_file), ("REDIS_TLS_KEY_FILE", rd.tls_key_file)):
+        if value:
+            env[name] = value
+    env["COBY_UI_HOST"] = settings.ui_host
     if rd.unix_socket:
         env["REDIS_SOCKET"] = rd.unix_socket
     else:

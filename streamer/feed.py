@@ -1,12 +1,15 @@
-"""One exchange feed: a connection, a mapper, one book per symbol, and the outputs.
+"""One exchange feed: a connection, its journal, a processor, and the outputs.
 
 Flow of a frame::
 
-    WsClient ──raw frame──▶ mapper.map_message ──events──▶ ExchangeFeed
-        BookMessage  ─▶ BookSync (per symbol) ─applied─▶ book_updates, Redis book
-        TradeEvent   ─▶ trades, Redis trade stream
-        Quarantine   ─▶ quarantine table (with the reason)
-        ControlEvent ─▶ replies (pongs), exchange error counts
+    WsClient ──raw frame──▶ journal (append) ──record──▶ FeedProcessor (no I/O)
+                                                          │ rows ─▶ PostgreSQL (with the checkpoint)
+                                                          │ books, trades ─▶ Redis
+                                                          └ replies, resyncs ─▶ back to the exchange
+
+Everything the processor sees goes through the journal first, REST snapshots,
+connects, disconnects and snapshot ticks included, so the journal alone
+reproduces the feed's output (see :mod:`streamer.durability`).
 
 A gap or checksum failure resyncs only that symbol: a REST snapshot for
 exchanges that publish one, an unsubscribe/subscribe of that symbol's book for
@@ -19,25 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
+
+import orjson
 
 from .book.sync import BookSync
 from .connection.backoff import Backoff
 from .connection.clock import now_us
 from .connection.rest import RestClient, RestError
 from .connection.ws import FrameRecorder, WsClient, WsOptions
+from .durability import FeedDurability
 from .errors import CobyError
 from .exchanges.base import Endpoints, ExchangeMapper
-from .models import (
-    BookMessage,
-    ConnectionState,
-    ConnectionStatus,
-    ControlEvent,
-    FeedEvent,
-    FeedEventKind,
-    Quarantine,
-    TradeEvent,
-)
+from .journal.records import Kind, Record
+from .models import ConnectionState, ConnectionStatus, FeedEventKind
 from .outputs import Outputs
+from .processor import FeedProcessor
 from .stats import FeedStats
 
 log = logging.getLogger(__name__)
@@ -57,61 +57,97 @@ class FeedConfig:
     max_buffered_deltas: int = 10_000
     #: Explicit native names (used by capture replay, which knows them from the session).
     native_symbols: list[str] | None = None
+    #: Levels per side of periodic snapshots, or None with ``snapshot_band_pct``.
+    snapshot_depth: int = 50
+    snapshot_band_pct: float | None = None
 
 
 class ExchangeFeed:
     def __init__(
         self,
         config: FeedConfig,
-        mapper: ExchangeMapper,
+        make_mapper: Callable[[], ExchangeMapper],
         outputs: Outputs,
+        durability: FeedDurability,
         *,
         recorder: FrameRecorder | None = None,
         http_recorder=None,
     ) -> None:
         self.config = config
         self.exchange = config.exchange
-        self.mapper = mapper
+        self._make_mapper = make_mapper
+        self.mapper = make_mapper()
         self.outputs = outputs
-        self.stats = FeedStats()
+        self.durability = durability
         self._recorder = recorder
         self.rest = (
             RestClient(config.endpoints.rest_url, recorder=http_recorder) if config.endpoints.rest_url else None
         )
-        self.books: dict[str, BookSync] = {}  # by native symbol
+        self.processor: FeedProcessor | None = None
         self._resync_tasks: dict[str, asyncio.Task] = {}
         self._client: WsClient | None = None
         self.status = ConnectionStatus(self.exchange, ConnectionState.CONNECTING, now_us())
         self._native_symbols: list[str] = []
-        # Frames and REST snapshots are processed one at a time so that the rows
-        # of one symbol reach the sinks in the order they were applied.
+        # Records are processed one at a time: rows reach the sinks in journal order.
         self._lock = asyncio.Lock()
         self._stopping = False
         self._resync_backoff: dict[str, tuple[Backoff | None, float]] = {}
+        self._instruments_body = ""
 
-    # -- lifecycle ------------------------------------------------------------
+    # -- state -----------------------------------------------------------------
+    @property
+    def books(self) -> dict[str, BookSync]:
+        return self.processor.books if self.processor is not None else {}
+
+    @property
+    def stats(self) -> FeedStats:
+        return self.processor.stats if self.processor is not None else FeedStats()
+
+    def new_processor(self) -> FeedProcessor:
+        """A processor in its initial state (recovery starts from one too)."""
+        return FeedProcessor(
+            self.exchange,
+            self._make_mapper(),
+            self._native_symbols,
+            snapshot_depth=self.config.snapshot_depth,
+            snapshot_band_pct=self.config.snapshot_band_pct,
+            max_buffered_deltas=self.config.max_buffered_deltas,
+            max_frame_bytes=self.config.ws.max_frame_bytes,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
     async def prepare(self) -> None:
-        """Load instrument metadata (for symbol normalization) and create the books."""
+        """Load instrument metadata (for symbol normalization) and start the processor."""
+        natives = self.config.native_symbols or [self.mapper.native_symbol(s) for s in self.config.symbols]
+        self._native_symbols = list(dict.fromkeys(natives))
+        self.processor = self.new_processor()
+        if self.durability.needs_recovery():
+            # A previous run ended before PostgreSQL had all its rows: re-derive
+            # them from the journal while the live feed starts.
+            self.outputs.pg.spill(self.exchange)
+            self.durability.ensure_recovery(self.new_processor)
+        if self.durability.ended_unexpectedly():
+            # Close the previous run's connection in the journal, at its last
+            # record: everything from there to the new connection is a gap.
+            last = self.durability.last_record
+            assert last is not None
+            await self._record_and_process(last.local_ts, Kind.DISCONNECT, meta="streamer stopped unexpectedly")
         request = self.mapper.instruments_request()
         if request is not None and self.rest is not None:
             try:
-                body = await self.rest.get(request)
-                self.mapper.load_instruments(self.mapper.map_instruments(body))
+                self._instruments_body = await self.rest.get(request)
+                self.mapper.load_instruments(self.mapper.map_instruments(self._instruments_body))
             except (CobyError, ValueError) as exc:
-                # Symbols still normalize by the mapper's fallback rules.
+                # Symbols still normalize by the mapper's naming rules.
                 log.warning("%s: instrument metadata unavailable (%s)", self.exchange, exc)
-        natives = self.config.native_symbols or [self.mapper.native_symbol(s) for s in self.config.symbols]
-        self._native_symbols = list(dict.fromkeys(natives))
-        ts = now_us()
-        for native in self._native_symbols:
-            symbol = self.mapper.normalize_symbol(native)
-            self.books[native] = BookSync(
-                self.exchange, symbol, native, self.mapper.sync_rules(), max_buffer=self.config.max_buffered_deltas
-            )
-            await self.outputs.instrument(self.exchange, symbol, native, ts)
+                self._instruments_body = ""
 
     async def run(self) -> None:
         await self.prepare()
+        if self._stopping:  # stopped while preparing: never connect
+            if self.rest is not None:
+                await self.rest.close()
+            return
         self._client = WsClient(
             self.exchange,
             lambda: self.mapper.ws_url(self.config.endpoints.ws_url, self._native_symbols),
@@ -155,20 +191,49 @@ class ExchangeFeed:
     def pending_resyncs(self) -> int:
         return sum(1 for t in self._resync_tasks.values() if not t.done())
 
-    # -- connection events ----------------------------------------------------
+    # -- records -----------------------------------------------------------------
+    async def _record_and_process(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
+        async with self._lock:
+            self._process(self.durability.append(local_ts, kind, payload, meta))
+            if self.durability.state_due() and self.processor is not None:
+                self._process(self.durability.write_state(self.processor, local_ts))
+
+    def _process(self, record: Record) -> None:
+        """Process one journaled record and act on the output (no awaits: one record is atomic)."""
+        assert self.processor is not None
+        out = self.processor.process(record)
+        self.outputs.commit(self.exchange, record.seq, out)
+        self.durability.processed(record.seq)
+        if self.outputs.pg.is_spilled(self.exchange):
+            self.durability.ensure_recovery(self.new_processor)
+        client = self._client
+        for reply in out.replies:
+            if client is not None and client.connected:
+                asyncio.get_running_loop().create_task(client.send(reply))
+        for sync in out.resyncs:
+            self._resync(sync)
+
+    async def snapshot_tick(self, local_ts: int) -> None:
+        """Write a periodic snapshot of every synced book (journaled like a frame)."""
+        if self.processor is not None:
+            await self._record_and_process(local_ts, Kind.SNAPSHOT_TICK)
+
+    async def local_event(self, local_ts: int, kind: FeedEventKind, detail: str, symbol: str = "") -> None:
+        """Record an event raised here (memory or spool alarm) with the feed's data."""
+        payload = orjson.dumps({"kind": kind.value, "detail": detail, "symbol": symbol})
+        await self._record_and_process(local_ts, Kind.LOCAL_EVENT, payload)
+
+    # -- connection events ---------------------------------------------------------
     async def _on_connect(self, client: WsClient) -> None:
         ts = now_us()
         if client.connects > 1:
-            self.stats.reconnects += 1
             self.status.reconnects += 1
         self.status.state = ConnectionState.CONNECTED
         self.status.since_us = ts
         self.outputs.status(self.status)
-        await self._record(FeedEvent(self.exchange, FeedEventKind.CONNECTED, ts, detail=client.url))
-        # A new connection means new snapshots for every book.
-        async with self._lock:
-            for sync in self.books.values():
-                await self._reset_book(sync, "new connection", ts, count_resync=client.connects > 1)
+        # A new connection means new snapshots for every book (the processor resets them).
+        connect = orjson.dumps({"natives": self._native_symbols, "instruments": self._instruments_body})
+        await self._record_and_process(ts, Kind.CONNECT, connect, meta=client.url)
         for message in self.mapper.subscribe_messages(self._native_symbols):
             await client.send(message)
         for native in self._native_symbols:
@@ -181,98 +246,47 @@ class ExchangeFeed:
         self.status.since_us = ts
         self.status.detail = "stopped" if self._stopping else reason
         self.outputs.status(self.status)
-        kind = FeedEventKind.STALL if reason.startswith("stall") else FeedEventKind.DISCONNECTED
-        await self._record(FeedEvent(self.exchange, kind, ts, detail=reason))
-        for native, task in list(self._resync_tasks.items()):
+        for task in self._resync_tasks.values():
             task.cancel()
         self._resync_tasks.clear()
-        for sync in self.books.values():
-            if sync.is_synced:
-                self.outputs.book_unsynced(self.exchange, sync.symbol)
+        await self._record_and_process(ts, Kind.DISCONNECT, meta="stopped" if self._stopping else reason)
 
-    # -- frames ---------------------------------------------------------------
+    # -- frames --------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes, local_ts: int) -> None:
-        self.stats.frames += 1
         self.status.frames += 1
         self.status.last_frame_us = local_ts
-        async with self._lock:
-            await self._dispatch(self.mapper.map_message(raw, local_ts))
+        await self._watch_budget(local_ts)
+        if isinstance(raw, bytes):
+            await self._record_and_process(local_ts, Kind.WS_BINARY, raw)
+        else:
+            await self._record_and_process(local_ts, Kind.WS_TEXT, raw)
 
-    async def _dispatch(self, events: list) -> None:
-        for event in events:
-            if isinstance(event, BookMessage):
-                await self._on_book(event)
-            elif isinstance(event, TradeEvent):
-                await self._on_trade(event)
-            elif isinstance(event, Quarantine):
-                self.stats.rejected += 1
-                await self.outputs.quarantine(event)
-            elif isinstance(event, ControlEvent):
-                await self._on_control(event)
+    async def _watch_budget(self, local_ts: int) -> None:
+        alarm, full = self.durability.budget_state()
+        if alarm != self.durability.alarm:
+            self.durability.alarm = alarm
+            size_mb = self.durability.journal.total_bytes / 2**20
+            budget_mb = self.durability.budget_bytes / 2**20
+            detail = (f"spool alarm: journal {size_mb:.0f} MB of {budget_mb:.0f} MB (COBY_SPOOL_BUDGET_MB)"
+                      if alarm else f"spool back under 80 %: journal {size_mb:.0f} MB")
+            (log.error if alarm else log.warning)("%s: %s", self.exchange, detail)
+            self.status.detail = detail if alarm else ""
+            self.outputs.status(self.status)
+            await self.local_event(local_ts, FeedEventKind.ERROR, detail)
+        if full:
+            # Stop reading the exchange until PostgreSQL catches up and space is
+            # reclaimed: the TCP window closes, and the exchange may disconnect
+            # us, which is recorded as a gap. Nothing already received is lost.
+            # A STATE record now lets everything before it be reclaimed as soon
+            # as PostgreSQL has it.
+            log.error("%s: journal full; pausing reception", self.exchange)
+            async with self._lock:
+                if self.processor is not None:
+                    self._process(self.durability.write_state(self.processor, local_ts))
+            await self.durability.wait_for_space()
 
-    async def _on_book(self, msg: BookMessage) -> None:
-        sync = self.books.get(msg.native_symbol)
-        if sync is None:
-            await self._reject_unknown(msg.native_symbol, msg.local_ts, "book")
-            return
-        self.stats.book_messages += 1
-        was_synced = sync.is_synced
-        outcome = sync.on_message(msg)
-        for applied in outcome.applied:
-            self.stats.book_updates += await self.outputs.book_applied(applied)
-        for event in outcome.events:
-            await self._record(event)
-        if outcome.book_changed and sync.is_synced:
-            last = outcome.applied[-1] if outcome.applied else msg
-            self.outputs.book_changed(
-                self.exchange, sync.symbol, sync.native_symbol, sync.book, last.seq, last.local_ts, last.exchange_ts
-            )
-        elif was_synced and not sync.is_synced:
-            self.outputs.book_unsynced(self.exchange, sync.symbol)
-        if outcome.needs_resync:
-            await self._resync(sync)
-
-    async def _on_trade(self, trade: TradeEvent) -> None:
-        if trade.native_symbol not in self.books:
-            await self._reject_unknown(trade.native_symbol, trade.local_ts, "trade")
-            return
-        self.stats.trades += 1
-        await self.outputs.trade(trade)
-
-    async def _on_control(self, event: ControlEvent) -> None:
-        self.stats.control += 1
-        if event.reply is not None and self._client is not None and self._client.connected:
-            await self._client.send(event.reply)
-        if event.kind == "error":
-            self.stats.exchange_errors += 1
-            await self._record(FeedEvent(self.exchange, FeedEventKind.ERROR, event.local_ts,
-                                         symbol=event.symbol or "", detail=event.detail[:500]))
-
-    async def _reject_unknown(self, native: str, local_ts: int, what: str) -> None:
-        self.stats.rejected += 1
-        await self.outputs.quarantine(
-            Quarantine(self.exchange, f"{what} for unsubscribed symbol {native!r}", native, local_ts, code="MAP-004")
-        )
-
-    async def _record(self, event: FeedEvent) -> None:
-        kind = event.kind
-        if kind is FeedEventKind.GAP:
-            self.stats.sequence_gaps += 1
-        elif kind is FeedEventKind.RESYNC:
-            self.stats.resyncs += 1
-        elif kind is FeedEventKind.CROSSED:
-            self.stats.crossed += 1
-        await self.outputs.feed_event(event)
-
-    # -- resync ---------------------------------------------------------------
-    async def _reset_book(self, sync: BookSync, reason: str, ts: int, *, count_resync: bool) -> None:
-        was_synced = sync.is_synced
-        for event in sync.reset(reason, ts, record=count_resync):
-            await self._record(event)
-        if was_synced:
-            self.outputs.book_unsynced(self.exchange, sync.symbol)
-
-    async def _resync(self, sync: BookSync) -> None:
+    # -- resync --------------------------------------------------------------------
+    def _resync(self, sync: BookSync) -> None:
         """Ask for a fresh snapshot of one symbol, backing off when resyncs repeat
         quickly (a snapshot that never bridges must not become a request storm)."""
         native = sync.native_symbol
@@ -283,7 +297,9 @@ class ExchangeFeed:
         task = self._resync_tasks.get(native)
         if task is not None and not task.done():
             return
-        self._resync_tasks[native] = asyncio.create_task(self._resubscribe(native, delay), name=f"resub-{native}")
+        self._resync_tasks[native] = asyncio.get_running_loop().create_task(
+            self._resubscribe(native, delay), name=f"resub-{native}"
+        )
 
     def _resync_delay(self, native: str) -> float:
         loop = asyncio.get_running_loop()
@@ -309,7 +325,7 @@ class ExchangeFeed:
         task = self._resync_tasks.get(native)
         if task is not None and not task.done():
             return
-        self._resync_tasks[native] = asyncio.create_task(
+        self._resync_tasks[native] = asyncio.get_running_loop().create_task(
             self._fetch_snapshot(native, delay), name=f"snapshot-{native}"
         )
 
@@ -318,16 +334,13 @@ class ExchangeFeed:
             await asyncio.sleep(delay)
         request = self.mapper.snapshot_request(native)
         assert request is not None and self.rest is not None
-        sync = self.books[native]
         backoff = Backoff(base=1.0, cap=60.0)
         while True:
-            self.stats.snapshot_requests += 1
             try:
                 body = await self.rest.get(request)
                 break
             except RestError as exc:
-                for event in sync.on_snapshot_failed(str(exc), now_us()):
-                    await self._record(event)
+                symbol = self.books[native].symbol if native in self.books else ""
+                await self.local_event(now_us(), FeedEventKind.ERROR, f"snapshot request failed: {exc}", symbol)
                 await asyncio.sleep(backoff.next_delay())
-        async with self._lock:
-            await self._dispatch(self.mapper.map_snapshot(native, body, now_us()))
+        await self._record_and_process(now_us(), Kind.HTTP, body, meta=native)

@@ -1,16 +1,15 @@
-"""Where normalized events go: PostgreSQL (system of record) and Redis (live cache).
+"""Where a processed record's output goes: PostgreSQL (system of record) and Redis (live cache).
 
-The feed calls these methods with events; this module turns them into rows
-of the contract's tables and Redis updates, so neither the feed nor the
-sinks know about each other.
+PostgreSQL gets the record's rows in one piece with the journal position
+(:meth:`streamer.sinks.postgres.PostgresSink.accept`); Redis gets the books
+that changed, the books that left sync, and the trades. Neither call waits:
+the sinks are bounded and catch up on their own.
 """
 
 from __future__ import annotations
 
-from .book.orderbook import OrderBook
-from .contract import BOOK_SNAPSHOTS, BOOK_UPDATES, FEED_EVENTS, INSTRUMENTS, QUARANTINE, TRADES
-from .models import BookMessage, ConnectionStatus, FeedEvent, Quarantine, TradeEvent
-from .sinks import rows
+from .models import ConnectionStatus
+from .processor import Output
 from .sinks.postgres import PostgresSink
 from .sinks.redis_sink import RedisSink
 
@@ -21,40 +20,22 @@ class Outputs:
         self.redis = redis
         self.redis_depth = redis_depth
 
-    async def book_applied(self, msg: BookMessage) -> int:
-        level_rows = rows.book_update_rows(msg)
-        if level_rows:
-            await self.pg.write(BOOK_UPDATES, level_rows)
-        return len(level_rows)
-
-    def book_changed(self, exchange: str, symbol: str, native_symbol: str, book: OrderBook,
-                     seq: int | None, local_ts: int, exchange_ts: int | None) -> None:
-        self.redis.publish_book(
-            exchange, symbol, native_symbol,
-            book.top("bid", self.redis_depth), book.top("ask", self.redis_depth),
-            seq, local_ts, exchange_ts,
-        )
-
-    def book_unsynced(self, exchange: str, symbol: str) -> None:
-        """The book is resynchronising: no stale book may stay visible."""
-        self.redis.delete_book(exchange, symbol)
-
-    async def trade(self, trade: TradeEvent) -> None:
-        await self.pg.write(TRADES, [rows.trade_row(trade)])
-        self.redis.add_trade(trade)
-
-    async def feed_event(self, event: FeedEvent) -> None:
-        await self.pg.write(FEED_EVENTS, [rows.feed_event_row(event)])
-
-    async def quarantine(self, item: Quarantine) -> None:
-        await self.pg.write(QUARANTINE, [rows.quarantine_row(item)])
-
-    async def book_snapshot(self, exchange: str, symbol: str, local_ts: int, seq: int | None,
-                            bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
-        await self.pg.write(BOOK_SNAPSHOTS, rows.snapshot_rows(exchange, symbol, local_ts, seq, bids, asks))
-
-    async def instrument(self, exchange: str, symbol: str, native_symbol: str, local_ts: int) -> None:
-        await self.pg.write(INSTRUMENTS, [rows.instrument_row(exchange, symbol, native_symbol, local_ts)])
+    def commit(self, stream: str, seq: int, out: Output) -> None:
+        self.pg.accept(stream, seq, out.rows)  # False when spilled: recovery re-derives the rows
+        redis = self.redis
+        for sync in out.unsynced:
+            redis.delete_book(sync.exchange, sync.symbol)  # no stale book may stay visible
+        depth = self.redis_depth
+        for sync, exchange_ts in out.changed.values():
+            if sync.is_synced:
+                book = sync.book
+                redis.publish_book(
+                    sync.exchange, sync.symbol, sync.native_symbol,
+                    book.top("bid", depth), book.top("ask", depth), sync.last_seq, out.local_ts, exchange_ts,
+                )
+        for trade in out.trades:
+            redis.add_trade(trade)
 
     def status(self, status: ConnectionStatus) -> None:
         self.redis.set_status(status)
+

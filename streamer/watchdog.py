@@ -14,7 +14,7 @@ import logging
 import psutil
 
 from .connection.clock import now_us
-from .models import FeedEvent, FeedEventKind
+from .models import FeedEventKind
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class MemoryWatchdog:
             for feed in self.feeds:
                 feed.status.detail = detail
                 feed.outputs.status(feed.status)
-                await feed.outputs.feed_event(FeedEvent(feed.exchange, FeedEventKind.ERROR, now_us(), detail=detail))
+                await feed.local_event(now_us(), FeedEventKind.ERROR, detail)
         elif not over and self.alarm:
             log.warning("memory back under MAX_MEMORY_USAGE: RSS %.0f MB", rss)
             for feed in self.feeds:

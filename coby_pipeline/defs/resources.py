@@ -20,6 +20,7 @@ from pydantic import Field
 from streamer.config import load_settings
 from streamer.contract import validate_identifier
 from streamer.errors import ConfigError
+from streamer.secrets import resolve_secrets
 
 #: Default score under which the quality check warns (``COBY_QUALITY_WARN_SCORE``).
 DEFAULT_WARN_SCORE = 80.0
@@ -57,8 +58,12 @@ class CobyDatabase(dg.ConfigurableResource):
             "application_name": "coby-pipeline",
             "connect_timeout": 15,
         }
-        if self.password:
-            kwargs["password"] = self.password
+        # DB_PASSWORD binds the field (shown in the UI as the variable's name
+        # only); DB_PASSWORD_FILE and COBY_SECRETS_FILE are read here, at
+        # connect time, so the value never becomes visible configuration.
+        password = self.password or resolve_secrets(os.environ).get("DB_PASSWORD")
+        if password:
+            kwargs["password"] = password
         if self.sslmode:
             kwargs["sslmode"] = self.sslmode
         with psycopg.connect(**kwargs) as conn:

@@ -5,12 +5,24 @@ with its receive time to ``on_frame``, sends what it is told to, answers the
 protocol's application-level pings on a timer, detects stalls (no frame for
 ``stall_timeout`` seconds) and reconnects with capped, jittered backoff. What
 to subscribe to, and what frames mean, belongs to the mapper and the feed.
+
+Frame sizes have two limits. The transport cap (``transport_max_bytes``) is
+what the WebSocket library accepts at all; a larger frame closes the
+connection (1009), because it has to be buffered whole. Below it, frames
+larger than the logical limit (``max_frame_bytes``, ``COBY_MAX_FRAME_BYTES``)
+are delivered as usual and the feed quarantines them (:func:`frame_exceeds`,
+:func:`oversized_quarantine`) without dropping the connection.
+
+A handshake refused with HTTP 429 or 418 waits at least the server's
+``Retry-After`` before the next attempt. Every reconnect delay is kept in
+:attr:`WsClient.delays` for the operator and the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
@@ -18,8 +30,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from ..models import Quarantine
 from .backoff import Backoff
 from .clock import now_us
+from .rest import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +46,58 @@ class FrameRecorder(Protocol):
     def recv(self, conn: int, data: str | bytes) -> None: ...
 
 
+#: Default logical frame limit (``COBY_MAX_FRAME_BYTES``): larger frames are quarantined.
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
+#: Default transport cap: larger frames cannot be received at all (the connection closes).
+DEFAULT_TRANSPORT_MAX_BYTES = 64 * 1024 * 1024
+#: Quarantine code of a frame above the logical limit.
+OVERSIZED_CODE = "MAP-006"
+#: Characters of an oversized frame kept in its quarantine record.
+OVERSIZED_PREFIX_CHARS = 4096
+#: Reconnect delays kept in :attr:`WsClient.delays`.
+DELAYS_KEPT = 256
+
+
 @dataclass
 class WsOptions:
     stall_timeout: float = 30.0
     open_timeout: float = 10.0
-    #: Frames larger than this are refused by the client (oversized-frame protection).
-    max_frame_bytes: int = 8 * 1024 * 1024
+    #: Frames larger than this are quarantined (the connection stays up).
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    #: Frames larger than this are refused by the WebSocket library (close 1009): memory stays bounded.
+    transport_max_bytes: int = DEFAULT_TRANSPORT_MAX_BYTES
     #: Protocol-level (RFC 6455) ping interval; exchanges also answer those.
     ws_ping_interval: float | None = 20.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
+
+
+def frame_exceeds(raw: str | bytes, limit: int) -> bool:
+    """True if the frame is larger than ``limit`` bytes (UTF-8 for text frames).
+
+    Cheap on the hot path: exchange JSON is ASCII, where the length is the
+    byte count; a text frame is encoded only when it could be over the limit.
+    """
+    n = len(raw)
+    if n > limit:
+        return True
+    if isinstance(raw, bytes) or raw.isascii() or n * 4 <= limit:
+        return False
+    return len(raw.encode("utf-8", "surrogatepass")) > limit
+
+
+def oversized_quarantine(exchange: str, raw: str | bytes, limit: int, local_ts: int) -> Quarantine:
+    """The quarantine record of a frame above the logical limit: a bounded prefix and the size."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    head = raw[:OVERSIZED_PREFIX_CHARS]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    return Quarantine(
+        exchange,
+        f"oversized frame: {size} bytes > limit {limit} bytes",
+        f"{text}...[truncated: {size} bytes in all]",
+        local_ts,
+        code=OVERSIZED_CODE,
+    )
 
 
 OnFrame = Callable[[str | bytes, int], Awaitable[None]]
@@ -83,6 +139,10 @@ class WsClient:
         self.frames = 0
         self.last_frame_us: int | None = None
         self.url = ""
+        #: Recent reconnect delays in seconds, newest last.
+        self.delays: deque[float] = deque(maxlen=DELAYS_KEPT)
+        #: Handshakes refused with HTTP 429/418 (rate limit / ban).
+        self.rate_limited = 0
 
     @property
     def connected(self) -> bool:
@@ -112,12 +172,13 @@ class WsClient:
     async def run(self) -> None:
         while not self._stopping.is_set():
             reason = "closed"
+            retry_after = 0.0
             self.url = self._url_factory()
             try:
                 async with connect(
                     self.url,
                     open_timeout=self.options.open_timeout,
-                    max_size=self.options.max_frame_bytes,
+                    max_size=self.options.transport_max_bytes,
                     ping_interval=self.options.ws_ping_interval,
                     close_timeout=2,
                     max_queue=256,  # bounded: backpressure reaches the exchange's TCP window
@@ -132,7 +193,12 @@ class WsClient:
             except asyncio.CancelledError:
                 raise
             except InvalidStatus as exc:
-                reason = f"handshake rejected: HTTP {exc.response.status_code}"
+                status = exc.response.status_code
+                reason = f"handshake rejected: HTTP {status}"
+                if status in (429, 418):
+                    # Rate limited or banned: reconnecting sooner would prolong the ban.
+                    self.rate_limited += 1
+                    retry_after = parse_retry_after(exc.response.headers.get("Retry-After"))
             except (OSError, ConnectionClosed, websockets.exceptions.WebSocketException, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
@@ -140,7 +206,8 @@ class WsClient:
             await self._on_disconnect(self, reason)
             if self._stopping.is_set():
                 break
-            delay = self._backoff.next_delay()
+            delay = self._backoff.next_delay(minimum=retry_after)
+            self.delays.append(delay)
             log.warning("%s: disconnected (%s); reconnecting in %.1fs", self.name, reason, delay)
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
@@ -149,12 +216,16 @@ class WsClient:
 
     async def _receive_loop(self, ws: ClientConnection) -> str:
         pinger = asyncio.create_task(self._ping_loop(ws)) if self._ping_interval else None
+        # Start of the current quiet interval: the stall's gap begins here, not when it is detected.
+        quiet_since = now_us()
         try:
             while True:
                 try:
                     frame = await asyncio.wait_for(ws.recv(), timeout=self.options.stall_timeout)
                 except TimeoutError:
-                    return f"stall: no frame for {self.options.stall_timeout:g}s"
+                    last = self.last_frame_us if self.last_frame_us is not None else quiet_since
+                    return (f"stall: no frame for {self.options.stall_timeout:g}s; "
+                            f"last frame local_ts={max(last, quiet_since)}")
                 except ConnectionClosed as exc:
                     if exc.rcvd is not None and exc.rcvd.code == 1009:
                         return "closed: frame too big"

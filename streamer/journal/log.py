@@ -50,6 +50,8 @@ class Journal:
         self.next_seq = 1
         self.truncated_bytes = 0
         self._open()
+        #: Bytes on disk, kept current by append and reclaim (no stat per frame).
+        self.total_bytes = self.size_bytes
 
     # -- segments --------------------------------------------------------------
     def segments(self) -> list[tuple[int, Path]]:
@@ -109,6 +111,7 @@ class Journal:
         assert self._fd is not None
         os.write(self._fd, data)
         self._segment_size += len(data)
+        self.total_bytes += len(data)
         self.next_seq = seq + 1
         now = time.monotonic()
         if now - self._last_fsync >= self.fsync_interval:
@@ -135,7 +138,10 @@ class Journal:
             following = segments[index + 1][0] if index + 1 < len(segments) else None
             if following is not None and following <= from_seq:
                 continue  # the whole segment is before from_seq
-            data = memoryview(path.read_bytes())
+            try:
+                data = memoryview(path.read_bytes())
+            except FileNotFoundError:
+                continue  # reclaimed meanwhile: it held only records already stored
             offset = 0
             while offset < len(data):
                 try:
@@ -165,4 +171,5 @@ class Journal:
             if following <= base_seq:
                 freed += path.stat().st_size
                 path.unlink()
+        self.total_bytes -= freed
         return freed

@@ -17,9 +17,11 @@ from enum import IntEnum
 class Kind(IntEnum):
     WS_TEXT = 1
     WS_BINARY = 2
-    #: A REST body. ``meta`` is the native symbol for a book snapshot, "" for instrument metadata.
+    #: A REST book snapshot. ``meta`` is the native symbol.
     HTTP = 3
-    #: A new connection: every book starts over. ``meta`` is the URL.
+    #: A new connection: every book starts over. ``meta`` is the URL; the payload
+    #: is JSON: the subscribed native symbols and the exchange's instrument
+    #: metadata (REST body, "" when it has none).
     CONNECT = 4
     #: The connection ended. ``meta`` is the reason.
     DISCONNECT = 5

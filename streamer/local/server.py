@@ -18,6 +18,15 @@ Fault injection has one seam: a :class:`FaultPlan` set on the server (and
 replaceable at any time) sees every outgoing WebSocket frame and every REST
 request before the backend's answer goes out. The default server has none,
 so the hot path is one attribute check.
+
+Faults can also be switched on command while the server runs, over HTTP on
+the same port (``control=True``, the default; the server listens on loopback
+only unless told otherwise):
+
+* ``POST /_coby/faults`` with a spec in the body (``drop:every=500;stall:after=200,seconds=40``,
+  see :func:`streamer.local.faults.parse_fault_spec`) installs those plans;
+* ``GET /_coby/faults`` returns the installed plans with their counters;
+* ``DELETE /_coby/faults`` removes them and returns their final counters.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ from ..errors import ServerError
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+#: Path of the fault-control endpoint (see the module docstring).
+FAULTS_PATH = "/_coby/faults"
+#: Largest fault spec the control endpoint reads.
+MAX_SPEC_BYTES = 16 * 1024
 
 # Close codes used by the server itself (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -74,14 +87,17 @@ class FaultPlan:
       released later reorders, a modified copy corrupts; awaiting inside
       stalls the stream; ``await session.abort()`` disconnects.
     * :meth:`rest_response` can replace a REST answer (429, 5xx, garbage)
-      by returning ``(status, body, content_type)``; ``None`` lets the
-      backend answer.
+      by returning ``(status, body, content_type)`` or
+      ``(status, body, content_type, headers)`` (e.g. ``Retry-After``);
+      ``None`` lets the backend answer.
+
+    Ready-made plans and a spec parser live in :mod:`streamer.local.faults`.
     """
 
     async def ws_frames(self, session: "WsSession", data: str | bytes) -> Sequence[str | bytes]:
         return (data,)
 
-    async def rest_response(self, path: str, query: Mapping[str, str]) -> tuple[int, str | bytes, str] | None:
+    async def rest_response(self, path: str, query: Mapping[str, str]) -> tuple | None:
         return None
 
 
@@ -248,10 +264,12 @@ class LocalExchangeServer:
         port: int = 0,
         faults: FaultPlan | None = None,
         ws_compress: bool = False,
+        control: bool = True,
     ) -> None:
         self.backend = backend
         self.host = host
         self.faults = faults
+        self._control = control
         self._requested_port = port
         # Compression costs CPU on both ends and changes nothing a client must handle.
         self._ws_compress = ws_compress
@@ -326,6 +344,8 @@ class LocalExchangeServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         # timeout bounds how long a close waits for the client's close frame;
         # autoclose is off because the session answers client closes itself (bounded).
+        if self._control and request.path == FAULTS_PATH:
+            return await self._serve_fault_control(request)
         ws = web.WebSocketResponse(compress=self._ws_compress, timeout=2.0, autoclose=False)
         if ws.can_prepare(request).ok:
             return await self._serve_ws(request, ws)
@@ -343,14 +363,46 @@ class LocalExchangeServer:
                 answer = await self.faults.rest_response(path, query)
             if answer is None:
                 answer = await self.backend.handle_rest(path, query)
-            status, body, ctype = answer
+            status, body, ctype = answer[:3]
+            extra = answer[3] if len(answer) > 3 else {}
         except Exception:  # a backend bug must not kill the server; the client sees a 500
             log.exception("REST backend failed on %s", request.path_qs)
             status, body, ctype = json_error(500, "internal error in local exchange backend")
+            extra = {}
         if isinstance(body, str):
             body = body.encode()
         # content_type must not carry a charset parameter; pass it raw as a header.
-        return web.Response(status=status, body=body, headers={"Content-Type": ctype})
+        return web.Response(status=status, body=body, headers={**extra, "Content-Type": ctype})
+
+    async def _serve_fault_control(self, request: web.Request) -> web.Response:
+        """``GET``/``POST``/``DELETE /_coby/faults``: inspect, install, clear fault plans."""
+        from .faults import FaultSpecError, describe_plan, parse_fault_spec  # faults builds on this module
+
+        if request.method == "POST":
+            raw = await request.content.read(MAX_SPEC_BYTES + 1)
+            if len(raw) > MAX_SPEC_BYTES:
+                return _json_response(*json_error(413, f"fault spec larger than {MAX_SPEC_BYTES} bytes")[:2])
+            text = raw.decode("utf-8", "replace").strip()
+            if text.startswith("{"):  # also accept {"spec": "..."}
+                try:
+                    text = str(orjson.loads(text).get("spec", ""))
+                except (orjson.JSONDecodeError, AttributeError):
+                    return _json_response(*json_error(400, "body must be a fault spec or {\"spec\": ...}")[:2])
+            try:
+                plan = parse_fault_spec(text)
+            except FaultSpecError as exc:
+                return _json_response(*json_error(400, str(exc))[:2])
+            self.faults = plan
+            log.warning("fault injection on %s: %s", self.rest_base_url, plan.spec())
+            return _json_response(200, orjson.dumps({"faults": describe_plan(plan)}))
+        if request.method == "DELETE":
+            plan, self.faults = self.faults, None
+            if plan is not None:
+                log.warning("fault injection on %s cleared", self.rest_base_url)
+            return _json_response(200, orjson.dumps({"cleared": describe_plan(plan)}))
+        if request.method in ("GET", "HEAD"):
+            return _json_response(200, orjson.dumps({"faults": describe_plan(self.faults)}))
+        return _json_response(*json_error(405, f"method {request.method} not allowed on {FAULTS_PATH}")[:2])
 
     async def _serve_ws(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
@@ -378,3 +430,8 @@ class LocalExchangeServer:
             if task is not None:
                 self._handlers.discard(task)
         return ws
+
+
+def _json_response(status: int, body: str | bytes) -> web.Response:
+    return web.Response(status=status, body=body if isinstance(body, bytes) else body.encode(),
+                        headers={"Content-Type": JSON})

@@ -42,7 +42,7 @@ import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 import psycopg
@@ -51,11 +51,14 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from ..config import Settings
-from ..contract import TABLES, Table
+from ..contract import INGEST_CHECKPOINTS, TABLES, Table
 from ..errors import SinkError
+from ..secrets import describe_error
 from .schema import maintain_partitions
 
 log = logging.getLogger(__name__)
+
+BOOK_UPDATES_NAME = "book_updates"
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
@@ -143,6 +146,10 @@ def _jsonable(row: Sequence[Any]) -> list:
     return [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in row]
 
 
+class RecoveryInterrupted(SinkError):
+    """A spill dropped rows a recovery had buffered: the recovery starts over."""
+
+
 class PostgresSink:
     """Asynchronous, buffered writer of contract rows to PostgreSQL.
 
@@ -171,6 +178,12 @@ class PostgresSink:
         self.connect_timeout = connect_timeout
 
         self._buffers: dict[str, list[tuple]] = {t.name: [] for t in TABLES}
+        # Rows of journaled streams (see accept()): written with their checkpoints.
+        self._stream_buffers: dict[str, list[tuple]] = {t.name: [] for t in TABLES}
+        self._marks: dict[str, int] = {}  # stream -> last journal seq whose rows are buffered
+        self._committed: dict[str, int] = {}  # stream -> checkpoint stored in PostgreSQL
+        self._spilled: set[str] = set()  # streams whose rows recovery re-derives from the journal
+        self.commit_listeners: list[Callable[[str, int], None]] = []
         self._tables: dict[str, Table] = {t.name: t for t in TABLES}
         self._buffered = 0
         self._has_space = asyncio.Event()
@@ -193,6 +206,9 @@ class PostgresSink:
         self.rows_rejected = 0
         self.rows_spooled = 0
         self.backpressure_waits = 0
+        self.spills = 0
+        #: Bumped by every spill: a recovery that started before it must start over.
+        self.spill_generation = 0
         self.last_flush_latency: float | None = None
         self.last_error: str | None = None
 
@@ -203,7 +219,8 @@ class PostgresSink:
         if self._started:
             return
         self._started = True
-        await self._ensure_connection()
+        conn = await self._ensure_connection()
+        self._committed.update(await self._read_checkpoints(conn))
         self._task = asyncio.create_task(self._run(), name="postgres-sink-flusher")
 
     async def close(self, timeout: float | None = 60.0) -> None:
@@ -292,11 +309,172 @@ class PostgresSink:
             "rows_rejected": self.rows_rejected,
             "rows_spooled": self.rows_spooled,
             "backpressure_waits": self.backpressure_waits,
+            "spills": self.spills,
+            "spilled_streams": sorted(self._spilled),
+            "checkpoints": dict(self._committed),
             "buffered_rows": self._buffered,
             "max_buffered_rows": self.max_buffered_rows,
             "last_flush_latency": self.last_flush_latency,
             "last_error": self.last_error,
         }
+
+    # -- journaled streams ---------------------------------------------------
+    #
+    # A feed hands over the rows of each journal record at once with accept();
+    # they are written in ONE transaction with the stream's checkpoint (the last
+    # record whose rows are all stored). Re-processing the journal after that
+    # checkpoint therefore never duplicates a row and never misses one.
+
+    def checkpoint(self, stream: str) -> int | None:
+        """Last journal record of ``stream`` whose rows PostgreSQL has."""
+        return self._committed.get(stream)
+
+    def is_spilled(self, stream: str) -> bool:
+        return stream in self._spilled
+
+    def spill(self, stream: str) -> None:
+        """Stop taking ``stream``'s live rows: recovery re-derives them from the
+        journal after the checkpoint (used at start-up after a crash)."""
+        self._spilled.add(stream)
+
+    def resume(self, stream: str) -> None:
+        """Recovery has caught up with the live feed: take its rows again."""
+        self._spilled.discard(stream)
+
+    def accept(self, stream: str, seq: int, rows: Mapping[Table, list[tuple]]) -> bool:
+        """Buffer one journal record's rows. Never waits, so the feed keeps
+        receiving whatever the database does. Returns False when the stream is
+        spilled: memory is full (the database is down or slow), so its rows
+        are dropped here and re-derived from the journal when it is back."""
+        if stream in self._spilled:
+            return False
+        self._append_stream_rows(stream, seq, rows)
+        if self._buffered > self.max_buffered_rows:
+            self._spill_buffers()
+            return False
+        return True
+
+    async def settled_checkpoint(self, stream: str) -> int | None:
+        """The checkpoint once no write is in flight (a flush running at a spill
+        may still commit rows of the stream: recovery must start after them)."""
+        async with self._io_lock:
+            return self._committed.get(stream)
+
+    async def accept_recovered(
+        self, stream: str, seq: int, rows: Mapping[Table, list[tuple]], generation: int
+    ) -> None:
+        """Buffer rows re-derived from the journal, waiting while memory is half full.
+        Raises RecoveryInterrupted when a spill dropped the buffers since ``generation``."""
+        while self._buffered >= self.max_buffered_rows // 2 and not self._closed:
+            self._wake.set()
+            self._has_space.clear()
+            await self._has_space.wait()
+        if generation != self.spill_generation:
+            raise RecoveryInterrupted(f"{stream}: buffers spilled during recovery")
+        self._append_stream_rows(stream, seq, rows)
+
+    def _append_stream_rows(self, stream: str, seq: int, rows: Mapping[Table, list[tuple]]) -> None:
+        count = 0
+        buffers = self._stream_buffers
+        for table, table_rows in rows.items():
+            if table_rows:
+                buffers[table.name].extend(table_rows)
+                count += len(table_rows)
+        self._buffered += count
+        self._marks[stream] = seq
+        if count and len(buffers[BOOK_UPDATES_NAME]) >= self.batch_size:
+            self._wake.set()
+
+    def _spill_buffers(self) -> None:
+        dropped = sum(len(b) for b in self._stream_buffers.values())
+        self._spilled.update(self._marks)
+        log.error(
+            "PostgreSQL is not keeping up: %d buffered rows of %s dropped from memory; "
+            "they will be re-derived from the journal when it is back", dropped, sorted(self._marks),
+        )
+        self.spills += 1
+        self.spill_generation += 1
+        self._stream_buffers = {t.name: [] for t in TABLES}
+        self._marks = {}
+        self._release(dropped)
+
+    async def _flush_streams(self) -> None:
+        if not self._marks:
+            return
+        buffers, marks = self._stream_buffers, self._marks
+        self._stream_buffers, self._marks = {t.name: [] for t in TABLES}, {}
+        count = sum(len(b) for b in buffers.values())
+        attempt = 0
+        while True:
+            try:
+                conn = await self._ensure_connection()
+                if attempt and await self._committed_already(conn, marks):
+                    break  # the connection died after COMMIT: nothing to redo
+                started = time.perf_counter()
+                async with conn.transaction():
+                    async with conn.cursor() as cur:
+                        for name, rows in buffers.items():
+                            if rows:
+                                await self._store_rows(cur, self._tables[name], rows)
+                        await self._store_checkpoints(cur, marks)
+                self.last_flush_latency = time.perf_counter() - started
+                self.batches += 1
+                for name, rows in buffers.items():
+                    self.rows_written[name] += len(rows)
+                break
+            except _DATA_ERRORS as exc:
+                if self._conn is None or self._conn.broken:
+                    await self._connection_failed(exc, attempt)
+                else:
+                    # A row the database refuses: isolate it, store the rest, then the checkpoint.
+                    for name, rows in buffers.items():
+                        if rows:
+                            await self._store_bisecting(self._tables[name], rows, exc)
+                    conn = await self._ensure_connection()
+                    async with conn.transaction():
+                        async with conn.cursor() as cur:
+                            await self._store_checkpoints(cur, marks)
+                    break
+            except (psycopg.Error, OSError) as exc:
+                await self._connection_failed(exc, attempt)
+            attempt += 1
+        self._committed.update(marks)
+        self._release(count)
+        for stream, seq in marks.items():
+            for listener in self.commit_listeners:
+                listener(stream, seq)
+
+    async def _store_rows(self, cur, table: Table, rows: list[tuple]) -> None:
+        if table.primary_key:
+            await cur.executemany(self._insert_statement(table), [self._insert_params(table, r) for r in rows])
+            return
+        for start in range(0, len(rows), self.batch_size):
+            async with cur.copy(self._copy_statement(table)) as copy:
+                copy.set_types([c.pg_type for c in table.columns])
+                for row in rows[start : start + self.batch_size]:
+                    await copy.write_row(row)
+
+    async def _store_checkpoints(self, cur, marks: Mapping[str, int]) -> None:
+        statement = sql.SQL(
+            "INSERT INTO {}.{} (stream, seq, updated_at) VALUES (%s, %s, now()) "
+            "ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at"
+        ).format(sql.Identifier(self.schema), sql.Identifier(INGEST_CHECKPOINTS.name))
+        await cur.executemany(statement, list(marks.items()))
+
+    async def _read_checkpoints(self, conn: psycopg.AsyncConnection) -> dict[str, int]:
+        statement = sql.SQL("SELECT stream, seq FROM {}.{}").format(
+            sql.Identifier(self.schema), sql.Identifier(INGEST_CHECKPOINTS.name)
+        )
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(statement)
+                return {stream: seq for stream, seq in await cur.fetchall()}
+        except psycopg.errors.UndefinedTable:
+            return {}
+
+    async def _committed_already(self, conn: psycopg.AsyncConnection, marks: Mapping[str, int]) -> bool:
+        stored = await self._read_checkpoints(conn)
+        return all(stored.get(stream, -1) >= seq for stream, seq in marks.items())
 
     # -- background flushing -------------------------------------------------
 
@@ -312,6 +490,7 @@ class PostgresSink:
 
     async def _flush_all(self) -> None:
         async with self._io_lock:
+            await self._flush_streams()
             for name, buffer in self._buffers.items():
                 while buffer:
                     await self._flush_batch(self._tables[name], buffer)
@@ -341,7 +520,7 @@ class PostgresSink:
 
     async def _connection_failed(self, exc: BaseException, attempt: int) -> None:
         self.write_errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self.last_error = describe_error(exc)
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -369,7 +548,7 @@ class PostgresSink:
                 )
             except (psycopg.Error, OSError) as exc:
                 self.write_errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self.last_error = describe_error(exc)
                 delay = _backoff(attempt, self.reconnect_base_delay, self.reconnect_max_delay)
                 log.warning("cannot connect to %s (%s); retrying in %.2f s",
                             self.settings.db.safe_description(), self.last_error, delay)
@@ -473,7 +652,7 @@ class PostgresSink:
 
     def _reject(self, table: Table, row: tuple, exc: BaseException) -> None:
         self.rows_rejected += 1
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        reason = describe_error(exc, limit=500)
         path = self._append_jsonl(
             "rejected", table, [{"table": table.name, "columns": table.column_names, "row": _jsonable(row), "error": reason}]
         )
@@ -505,7 +684,7 @@ class PostgresSink:
             if report.partitions_created or report.partitions_dropped:
                 log.info("partition maintenance: %s", report)
         except Exception as exc:  # maintenance retries next interval; writes go to DEFAULT meanwhile
-            log.warning("partition maintenance failed: %s", str(exc).splitlines()[0][:300])
+            log.warning("partition maintenance failed: %s", describe_error(exc))
 
     def _maintain_sync(self):
         with psycopg.connect(self.settings.db.url(), autocommit=True, connect_timeout=self.connect_timeout) as conn:

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from ..config import Settings
 from ..contract import RedisKeys
 from ..models import ConnectionStatus, RawLevel, TradeEvent
+from ..secrets import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ class RedisSink:
             log.warning("Redis %s unreachable (%s); keeping latest state in memory",
                         self.settings.redis.safe_description(), type(exc).__name__)
         self.connected = False
-        self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        self.last_error = describe_error(exc)
         self._resync = True
 
     async def _flush_once(self) -> None:

@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import Settings
-from ..contract import TABLES, Table, validate_identifier
+from ..contract import INGEST_CHECKPOINTS, TABLES, Table, validate_identifier
 from ..errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -232,11 +232,17 @@ def _m2_brin_indexes(ctx: _Context) -> None:
         )
 
 
+def _m3_checkpoints(ctx: _Context) -> None:
+    """The journal checkpoints, written with the rows they cover."""
+    ctx.conn.execute(sql.SQL(INGEST_CHECKPOINTS.create_sql(ctx.schema, partitioned=False)))  # type: ignore[arg-type]
+
+
 Migration = tuple[int, str, Callable[[_Context], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
     (1, "contract tables (time tables partitioned by day or hypertables)", _m1_tables),
     (2, "BRIN indexes on local_ts", _m2_brin_indexes),
+    (3, "ingest checkpoints of the streamer's journals", _m3_checkpoints),
 )
 
 
