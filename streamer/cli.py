@@ -7,6 +7,7 @@
     coby materialize HOUR [HOUR ...] | --from HOUR --to HOUR
     coby schema
     coby faults [--json] [--scenario NAME ...] [--short]
+    coby bench SUITE [--json] [--runs N] [--quick]
 
 Commands that produce a result print it as one JSON object on the last line
 of stdout; logs go to stderr.
@@ -45,6 +46,14 @@ def _positive(value: str) -> float:
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
     return number
+
+
+#: ``coby bench`` suites: module whose ``main(args) -> int`` runs the suite.
+BENCH_SUITES: dict[str, str] = {
+    "pipeline": "streamer.bench.pipeline",
+    "peer": "streamer.bench.peer.suite",
+    "streamer": "streamer.bench.e2e.suite",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--scenario", action="append", metavar="NAME",
                         help="run only this scenario (repeatable; default: all)")
     faults.add_argument("--short", action="store_true", help="short durations (as in the test suite)")
+
+    bench = sub.add_parser("bench", help="benchmark suites: one JSON object per figure, also written to "
+                                         "bench/results/<suite>.jsonl")
+    bench.add_argument("suite", choices=sorted(BENCH_SUITES))
+    bench.add_argument("--json", action="store_true", help="one JSON object per figure, nothing else on stdout")
+    bench.add_argument("--runs", type=int, default=5, help="runs per figure (median, min and max are reported)")
+    bench.add_argument("--quick", action="store_true", help="small inputs, results to <suite>.quick.jsonl")
+    bench.add_argument("--rows", type=int, help="pipeline: snapshot rows of the synthetic hour (default 10 million)")
+    bench.add_argument("--results", metavar="DIR", default="bench/results", help="where the .jsonl files go")
     return parser
 
 
@@ -121,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             result = commands.schema(args)
         elif args.command == "faults":
             return commands.faults(args)  # prints one object per scenario itself
+        elif args.command == "bench":
+            import importlib
+
+            return importlib.import_module(BENCH_SUITES[args.suite]).main(args)  # prints its figures itself
         else:  # pragma: no cover - argparse enforces the choices
             raise AssertionError(args.command)
     except CobyError as exc:

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -142,6 +142,10 @@ class RedisSink:
         self.connected = False
         self.last_flush_latency: float | None = None
         self.last_error: str | None = None
+        #: Optional instrumentation (off by default; the benchmarks set it): called
+        #: right after Redis acknowledged a flush, with ``((exchange, symbol), local_ts)``
+        #: of every book it wrote, so receipt-to-visible latency can be measured.
+        self.books_visible_hook: Callable[[list[tuple[BookKey, int]]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -378,7 +382,12 @@ class RedisSink:
                 pipe.hset(keys.status(exchange), mapping=status)
         if not len(pipe):
             return 0, False
+        hook = self.books_visible_hook
+        # Taken before the await: producers may publish newer versions meanwhile.
+        visible = None if hook is None else [(key, self._books[key][6]) for key in dirty_books if key in self._books]
         await pipe.execute()
+        if hook is not None:
+            hook(visible)
         return written, True
 
     def _restore(self, dirty_books, deleted, dirty_statuses, trades, resync) -> None:

@@ -1,0 +1,256 @@
+"""``coby bench streamer``: COBY end to end, its floors, and its scale; one figure per line.
+
+Cases (each run is a fresh streamer process against a fresh exchange process):
+
+* ``e2e.<capture>``: binance-spot, kraken-spot, okx captures looped (see
+  :mod:`.looped`) at full speed over loopback WebSocket, through journal,
+  book sync with checksums, PostgreSQL COPY and Redis;
+* ``sim.okx.rate<R>``: the simulated OKX market paced in real time at rising
+  rates (latency at a known offered load);
+* ``scale.<exchanges>.<N>sym``: simulated markets as fast as the streamer
+  reads (backpressure), 10/100/1,000 symbols, one and three exchanges;
+* ``floor.parse.<capture>``, ``floor.processor.<capture>``, ``floor.copy``:
+  see :mod:`.floors`; ratios of the end-to-end rate to each floor.
+
+PostgreSQL and Redis come from the environment as for every ``coby``
+command (embedded ones when unset); the suite works in its own database
+``coby_bench``, schema ``bench_e2e`` and Redis prefix ``cobybench:e2e:``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from ...config import Settings, load_settings
+from ...embedded import ensure_database, export_env
+from ...services import running_services
+from . import floors
+from .figures import figure
+
+log = logging.getLogger(__name__)
+
+SUITE = "streamer"
+CAPTURES = ("binance-spot", "kraken-spot", "okx")
+BENCH_DB = "coby_bench"
+BENCH_SCHEMA = "bench_e2e"
+BENCH_PREFIX = "cobybench:e2e:"
+#: Frames per end-to-end capture run: loops of the capture until at least this many.
+TARGET_FRAMES = 40_000
+QUICK_FRAMES = 1_000
+
+
+@dataclass
+class Options:
+    runs: int = 5
+    quick: bool = False
+    captures_dir: Path | None = None
+    command: str = "coby bench streamer --json"
+    #: Which captures run end to end, and whether the simulator and scale cases run.
+    captures: tuple[str, ...] = CAPTURES
+    simulated: bool = True
+    #: Servers (default: from the environment, embedded when unset) and the benchmark's own namespace.
+    settings: Settings | None = None
+    db_name: str = BENCH_DB
+    schema: str = BENCH_SCHEMA
+    prefix: str = BENCH_PREFIX
+
+
+def captures_dir() -> Path:
+    """``COBY_CAPTURES_DIR``, default ``../shared/fixtures/captures`` from the repository root."""
+    configured = os.environ.get("COBY_CAPTURES_DIR")
+    root = Path(__file__).resolve().parents[3]
+    path = Path(configured) if configured else root / ".." / "shared" / "fixtures" / "captures"
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+class Harness:
+    """Starts exchange and streamer processes with the benchmark's own database, schema and prefix."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def run_case(self, serve_args: list[str], *, expect: bool, duration: float | None = None,
+                 warmup: float = 0.0, timeout: float = 300.0) -> dict[str, Any]:
+        py = sys.executable
+        with tempfile.TemporaryDirectory(prefix="coby-bench-") as data_dir:
+            env = {**self.env, "COBY_DATA_DIR": data_dir}
+            server = subprocess.Popen([py, "-m", "streamer.bench.e2e.serve", *serve_args], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                line = server.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"exchange process exited with {server.wait()} before listening")
+                ready = orjson.loads(line)
+                command = [py, "-m", "streamer.bench.e2e.worker", orjson.dumps(ready["feeds"]).decode(),
+                           "--timeout", str(timeout), "--warmup", str(warmup)]
+                command += (["--expect-frames", str(ready["expect_frames"])] if expect
+                            else ["--duration", str(duration)])
+                worker = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout + 60)
+                if worker.returncode != 0:
+                    raise RuntimeError(f"streamer process failed ({worker.returncode}): {worker.stderr[-2000:]}")
+                result = orjson.loads(worker.stdout.strip().splitlines()[-1])
+                server.stdin.close()
+                served = orjson.loads(server.stdout.readline() or "{}")
+                result["served"] = served
+                result["ready"] = {k: v for k, v in ready.items() if k != "feeds"}
+                return result
+            finally:
+                if server.stdin and not server.stdin.closed:
+                    server.stdin.close()
+                try:
+                    server.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+
+
+def _figures_of(prefix: str, results: list[dict], command: str, **extra) -> list[dict]:
+    """The standard figures of a set of runs of one end-to-end case."""
+    def col(key: str) -> list:
+        return [r.get(key) for r in results]
+
+    base = {"case": prefix, **extra}
+    out = [
+        figure(f"{prefix}.frames_per_s", col("frames_per_s"), "frames/s", command, **base),
+        figure(f"{prefix}.level_updates_per_s", col("level_updates_per_s"), "levels/s", command, **base),
+        figure(f"{prefix}.cpu_s_per_100k_frames", col("cpu_s_per_100k_frames"), "cpu s", command, **base),
+        figure(f"{prefix}.cpu_utilisation", col("cpu_utilisation"), "cores", command, **base),
+        figure(f"{prefix}.peak_rss_mb", col("peak_rss_mb"), "MB", command, **base),
+    ]
+    for label in ("p50", "p99", "p999"):
+        values = col(f"latency_latest_{label}_ms")
+        if any(v is not None for v in values):
+            out.append(figure(f"{prefix}.latency_{label}_ms", values, "ms", command,
+                              definition="frame receipt -> book acknowledged by Redis (frame that last changed it)",
+                              samples_per_run=col("latency_samples"), **base))
+        values = col(f"latency_oldest_{label}_ms")
+        if any(v is not None for v in values):
+            out.append(figure(f"{prefix}.latency_oldest_{label}_ms", values, "ms", command,
+                              definition="oldest frame coalesced into the flushed book -> acknowledged by Redis",
+                              **base))
+    checks = [r.get("counters", {}) for r in results]
+    out[0]["checksum_ok"] = [c.get("checksum_ok") for c in checks]
+    out[0]["checksum_failed"] = [c.get("checksum_failed") for c in checks]
+    out[0]["sequence_gaps"] = [c.get("sequence_gaps") for c in checks]
+    out[0]["frames_measured"] = col("frames")
+    out[0]["timed_out"] = [bool(r.get("timed_out")) for r in results]
+    return out
+
+
+def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
+    settings = options.settings or load_settings()
+    figures: list[dict] = []
+
+    def add(items: list[dict]) -> None:
+        for item in items:
+            figures.append(item)
+            emit(item)
+
+    cmd = options.command
+    runs = 1 if options.quick else options.runs
+    folder = options.captures_dir or captures_dir()
+    with running_services(settings) as resolved:
+        resolved = resolved.with_db(name=options.db_name, schema=options.schema).with_redis(prefix=options.prefix)
+        ensure_database(resolved)
+        env = {**os.environ, **export_env(resolved)}
+        harness = Harness(env)
+
+        # 1. End to end on the looped captures, and the floors on the same frames.
+        e2e_rates: dict[str, float] = {}
+        e2e_level_rates: dict[str, float] = {}
+        for name in options.captures:
+            path = folder / f"{name}.session1.jsonl.gz"
+            if not path.exists():
+                log.warning("capture %s not found; skipping its cases", path)
+                continue
+            frames = floors.capture_frames(path)
+            target = QUICK_FRAMES if options.quick else TARGET_FRAMES
+            loops = max(1, -(-target // len(frames)))
+            results = [harness.run_case(["capture", str(path), "--loops", str(loops)], expect=True)
+                       for _ in range(runs)]
+            case = _figures_of(f"e2e.{name}", results, cmd, loops=loops, frames_per_loop=len(frames),
+                               looping="N consecutive connections, each the whole recorded session")
+            add(case)
+            e2e_rates[name] = case[0]["median"]
+            e2e_level_rates[name] = case[1]["median"]
+
+            parse = [floors.parse_rate(frames, loops) for _ in range(runs)]
+            add([figure(f"floor.parse.{name}.frames_per_s", parse, "frames/s", cmd, loops=loops)])
+            processed = []
+            rows: list[tuple] = []
+            for _ in range(runs):
+                rate, rows = floors.processor_rate(path, loops)
+                processed.append(rate)
+            add([figure(f"floor.processor.{name}.frames_per_s", processed, "frames/s", cmd, loops=loops)])
+            add([
+                figure(f"ratio.e2e_over_parse.{name}", [e2e_rates[name] / p for p in parse], "fraction", cmd,
+                       definition="end-to-end frames/s (median) / orjson-only frames/s (each run)"),
+                figure(f"ratio.e2e_over_processor.{name}", [e2e_rates[name] / p for p in processed], "fraction", cmd,
+                       definition="end-to-end frames/s (median) / processor-only frames/s (each run)"),
+            ])
+            if rows:
+                copy = [floors.copy_rate(resolved, rows) for _ in range(runs)]
+                add([figure(f"floor.copy.{name}.rows_per_s", copy, "rows/s", cmd, rows=len(rows),
+                            source=f"book_updates rows of {name} x{loops}")])
+                add([figure(f"ratio.e2e_levels_over_copy.{name}", [e2e_level_rates[name] / c for c in copy],
+                            "fraction", cmd,
+                            definition="end-to-end level updates/s (median) / bare COPY rows/s (each run)")])
+
+        # 1b. The simulator at rising real-time rates: latency at a known load.
+        duration = 2.0 if options.quick else 8.0
+        sim_rates = () if not options.simulated else (50,) if options.quick else (50, 200, 500, 1000)
+        for rate in sim_rates:
+            results = [harness.run_case(["simulate", "--exchanges", "okx", "--symbols", "10", "--rate", str(rate)],
+                                        expect=False, duration=duration, warmup=1.0)
+                       for _ in range(runs)]
+            add(_figures_of(f"sim.okx.10sym.rate{rate}", results, cmd, symbols=10, rate_per_symbol=rate,
+                            duration_s=duration, paced="real time"))
+
+        # 6. Scale: as fast as the streamer reads, more symbols, more exchanges.
+        scale_cases = [] if not options.simulated else [("okx", 10)] if options.quick else [
+            ("okx", 10), ("okx", 100), ("okx", 1000), ("binance,kraken,okx", 10), ("binance,kraken,okx", 100),
+        ]
+        for exchanges, symbols in scale_cases:
+            results = [harness.run_case(["simulate", "--exchanges", exchanges, "--symbols", str(symbols),
+                                         "--rate", "1000", "--max-speed"],
+                                        expect=False, duration=duration, warmup=1.0)
+                       for _ in range(runs)]
+            label = exchanges.replace(",", "+")
+            add(_figures_of(f"scale.{label}.{symbols}sym", results, cmd, symbols=symbols, exchanges=exchanges,
+                            duration_s=duration, paced="as fast as the streamer reads (server backpressure)"))
+    return figures
+
+
+def main(args) -> int:
+    """Entry point of ``coby bench streamer``: figures as JSON lines on stdout and in ``bench/results``."""
+    runs = getattr(args, "runs", None) or 5
+    quick = bool(getattr(args, "quick", False))
+    command = "coby bench streamer --json" + (f" --runs {runs}" if runs != 5 else "") + (" --quick" if quick else "")
+    out_dir = Path(getattr(args, "results", None) or "bench/results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A quick run never overwrites the real figures.
+    target = out_dir / (f"{SUITE}.quick.jsonl" if quick else f"{SUITE}.jsonl")
+    partial = target.with_suffix(".jsonl.partial")
+    with partial.open("w", encoding="utf-8") as sink:
+        def emit(item: dict) -> None:
+            line = orjson.dumps(item).decode()
+            sink.write(line + "\n")
+            sink.flush()
+            if getattr(args, "json", False):
+                print(line, flush=True)
+            else:
+                print(f"{item['name']}: {item['median']:.4g} {item['unit']} "
+                      f"(min {item['min']:.4g}, max {item['max']:.4g}, {item['runs']} runs)", flush=True)
+
+        run_suite(Options(runs=runs, quick=quick, command=command), emit)
+    partial.replace(target)  # a complete run replaces the previous results, an interrupted one does not
+    return 0

@@ -1,0 +1,224 @@
+"""The streamer side of a benchmark run, as its own process (fresh per run).
+
+    python -m streamer.bench.e2e.worker FEEDS_JSON (--expect-frames N | --duration S) [--warmup S]
+
+Runs the real :class:`~streamer.app.Streamer` (journal, book sync with
+checksums, PostgreSQL COPY, Redis) from the PostgreSQL/Redis settings in the
+environment, against the feeds in ``FEEDS_JSON`` (what ``serve`` printed),
+and prints one JSON line of measurements:
+
+* the measurement window opens when the first frame has arrived (after
+  ``--warmup`` seconds for paced runs) and closes when every expected frame
+  was received (or the duration is over) *and* PostgreSQL and Redis have
+  been flushed, so the rate covers the whole path, COPY included;
+* CPU seconds are this process's user + system time over the window
+  (PostgreSQL's and Redis's own server CPU is not included);
+* peak RSS is this process's high-water mark; ``rss_mb`` is sampled each
+  half second for drift;
+* latency: for every book Redis acknowledged, the time from the receipt of
+  the frame that last changed it (``latest``) and of the oldest frame that
+  changed it since the previous flush (``oldest``) to the acknowledgement.
+
+The schema and Redis prefix in the environment are wiped at start: they
+belong to the benchmark alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+
+import orjson
+import psutil
+import psycopg
+import redis
+from psycopg import sql
+
+from ...app import Streamer
+from ...commands import ws_options
+from ...config import Settings, load_settings
+from ...connection.clock import now_us
+from ...exchanges.base import Endpoints
+from ...feed import FeedConfig
+from .figures import percentile
+
+POLL_S = 0.005
+
+
+def wipe(settings: Settings) -> None:
+    """Drop the benchmark's schema and Redis keys (a fresh journal needs fresh checkpoints)."""
+    with psycopg.connect(settings.db.url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.db.schema)))
+    client = redis.Redis(**settings.redis.client_kwargs())
+    try:
+        keys = list(client.scan_iter(match=settings.redis.prefix + "*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i:i + 500])
+    finally:
+        client.close()
+
+
+class LatencyProbe:
+    """Receipt-to-visible latencies of Redis books, through ``RedisSink.books_visible_hook``."""
+
+    def __init__(self, sink) -> None:
+        self.latest_us: list[int] = []
+        self.oldest_us: list[int] = []
+        self._first_pending: dict = {}
+        self.active = False
+        publish = sink.publish_book
+        pending = self._first_pending
+
+        def publish_book(exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts):
+            pending.setdefault((exchange, symbol), local_ts)
+            publish(exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts)
+
+        sink.publish_book = publish_book
+        sink.books_visible_hook = self._visible
+
+    def _visible(self, written) -> None:
+        now = now_us()
+        pending = self._first_pending
+        for key, local_ts in written:
+            first = pending.pop(key, local_ts)
+            if self.active:
+                self.latest_us.append(now - local_ts)
+                self.oldest_us.append(now - first)
+
+    def summary(self) -> dict:
+        out: dict = {"latency_samples": len(self.latest_us)}
+        for name, values in (("latest", self.latest_us), ("oldest", self.oldest_us)):
+            ordered = sorted(values)
+            for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+                value = percentile(ordered, q)
+                out[f"latency_{name}_{label}_ms"] = None if value is None else value / 1000
+            out[f"latency_{name}_max_ms"] = ordered[-1] / 1000 if ordered else None
+        return out
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _counters(streamer: Streamer) -> dict:
+    totals: dict[str, int] = {}
+    for feed in streamer.feeds:
+        for key, value in feed.summary().items():
+            if isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: float | None,
+              warmup: float, timeout: float) -> dict:
+    settings = load_settings()
+    wipe(settings)
+    feeds = [
+        FeedConfig(
+            spec["exchange"], spec.get("symbols", []), Endpoints(spec["ws_url"], spec["rest_url"]),
+            # A loop's end is a normal close: reconnect at once. A quiet end is no stall.
+            ws=ws_options(settings, stall_timeout=max(120.0, timeout), backoff_base=0.01, backoff_cap=0.05),
+            native_symbols=spec.get("native_symbols"),
+        )
+        for spec in feeds_spec
+    ]
+    streamer = Streamer(settings, feeds)
+    probe = LatencyProbe(streamer.redis)
+    process = psutil.Process()
+    loop = asyncio.get_running_loop()
+    await streamer.start()
+    result: dict = {}
+    try:
+        deadline = loop.time() + timeout
+
+        def frames() -> int:
+            return sum(feed.stats.frames for feed in streamer.feeds)
+
+        while frames() == 0:
+            if loop.time() > deadline:
+                raise TimeoutError("no frame arrived")
+            _check(streamer)
+            await asyncio.sleep(POLL_S)
+        if warmup:
+            await asyncio.sleep(warmup)
+        start_frames, start_counts = frames(), _counters(streamer)
+        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        probe.active = True
+        rss_samples = [process.memory_info().rss]
+        next_sample = wall0 + 0.5
+        end_at = None if duration is None else loop.time() + duration
+        while True:
+            _check(streamer)
+            if expect_frames is not None and frames() >= expect_frames and all(
+                feed.pending_resyncs == 0 for feed in streamer.feeds
+            ):
+                break
+            if end_at is not None and loop.time() >= end_at:
+                break
+            if loop.time() > deadline:
+                result["timed_out"] = True
+                break
+            if time.perf_counter() >= next_sample:
+                rss_samples.append(process.memory_info().rss)
+                next_sample += 0.5
+            await asyncio.sleep(POLL_S)
+        end_frames = frames()
+        await streamer.pg.flush()
+        await streamer.redis.flush()
+        wall = time.perf_counter() - wall0
+        cpu = _cpu_seconds() - cpu0
+        probe.active = False
+        rss_samples.append(process.memory_info().rss)
+        counts = _counters(streamer)
+        measured = end_frames - start_frames
+        levels = counts.get("book_updates", 0) - start_counts.get("book_updates", 0)
+        result.update({
+            "frames": measured,
+            "frames_total": end_frames,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "frames_per_s": measured / wall if wall > 0 else None,
+            "level_updates": levels,
+            "level_updates_per_s": levels / wall if wall > 0 else None,
+            "cpu_s_per_100k_frames": cpu / measured * 100_000 if measured else None,
+            "cpu_utilisation": cpu / wall if wall > 0 else None,
+            "rss_mb": [round(s / 2**20, 1) for s in rss_samples],
+            "rows_written": dict(streamer.pg.rows_written),
+            "counters": counts,
+            **probe.summary(),
+        })
+    finally:
+        await streamer.stop()
+    # ru_maxrss is in KiB on Linux: the whole process's high-water mark.
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _check(streamer: Streamer) -> None:
+    failure = streamer.failed_task()
+    if failure is not None:
+        raise failure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamer.bench.e2e.worker")
+    parser.add_argument("feeds", help="JSON list of {exchange, ws_url, rest_url, symbols|native_symbols}")
+    parser.add_argument("--expect-frames", type=int)
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--warmup", type=float, default=0.0)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    if (args.expect_frames is None) == (args.duration is None):
+        parser.error("give exactly one of --expect-frames and --duration")
+    result = asyncio.run(run(orjson.loads(args.feeds), expect_frames=args.expect_frames, duration=args.duration,
+                             warmup=args.warmup, timeout=args.timeout))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Run cryptofeed's own feed handler over a recorded session, without any network.
+
+This is how cryptofeed replays its own recordings (``raw_data_collection.playback``):
+the REST calls it makes (instrument metadata at construction, Binance's depth
+snapshot) are answered from the capture's recorded bodies, and every recorded
+WebSocket frame goes to the feed's ``message_handler`` with a receipt time, as
+its connection handler would pass it. What is left out is cryptofeed's socket
+read (``websockets`` recv): the peer is measured without its transport, a
+head start over COBY, whose figure includes a loopback WebSocket.
+
+Two modes:
+
+* ``noop``: book and trade callbacks that do nothing (checksum validation on
+  for Kraken and OKX, where cryptofeed supports it);
+* ``backends``: cryptofeed's PostgreSQL backend (``BookPostgres``,
+  ``TradePostgres``, asyncpg) and Redis backend (``BookStream``,
+  ``TradeStream``) on the given servers; the run ends when their queues are
+  written out.
+
+Run as ``python -m streamer.bench.peer.cryptofeed_run --capture FILE --loops N
+--mode noop|backends [--pg-dsn ...] [--redis-key-prefix ...]``; prints one
+JSON object: frames, seconds (frame loop plus backend drain), CPU seconds,
+peak RSS, callback counts and checksum failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import orjson
+
+from ...capture.reader import load_capture
+from .frames import http_bodies, recv_frames, resource_key
+
+log = logging.getLogger(__name__)
+
+#: cryptofeed's exchange class for each COBY protocol.
+FEED_CLASSES = {"binance": "Binance", "kraken": "Kraken", "okx": "OKX"}
+#: Where cryptofeed validates checksums (Binance has sequence ids instead).
+CHECKSUM_PROTOCOLS = frozenset({"kraken", "okx"})
+#: Frames handled between yields to the event loop (the same batch COBY's replay server writes).
+YIELD_EVERY = 256
+
+
+class _Counts:
+    """No-op callbacks that only count, so a run can show cryptofeed did the work."""
+
+    def __init__(self) -> None:
+        self.books = 0
+        self.trades = 0
+
+    async def book(self, book, receipt_timestamp) -> None:
+        self.books += 1
+
+    async def trade(self, trade, receipt_timestamp) -> None:
+        self.trades += 1
+
+
+class _ReplayConnection:
+    """What a feed's ``subscribe`` writes to: it goes nowhere (the frames are already recorded)."""
+
+    def __init__(self, conn) -> None:
+        self.uuid = conn.uuid
+        self.id = conn.id
+        self.subscription = conn.subscription
+        self.conn_type = "wss"
+
+    async def write(self, msg: str) -> None:
+        return None
+
+
+def _install_recorded_rest(bodies: dict[tuple, str]) -> None:
+    """Answer cryptofeed's REST reads from the recorded bodies; an unrecorded URL fails loudly."""
+    from cryptofeed.connection import HTTPAsyncConn, HTTPSync
+
+    def body_for(address: str, params: dict | None) -> str:
+        path, ident = resource_key(address)
+        if params:  # parameters passed apart from the URL select the resource too
+            ident = resource_key(f"{address}?{urlencode(params)}")[1]
+        if (path, ident) in bodies:
+            return bodies[(path, ident)]
+        candidates = [key for key in bodies if key[0] == path]
+        if len(candidates) == 1:  # one recording of this path: the parameters only shaped it
+            return bodies[candidates[0]]
+        raise LookupError(f"no recorded REST body for {address} (recorded: {sorted(bodies)})")
+
+    def sync_read(self, address, params=None, headers=None, json=False, text=True, uuid=None):
+        body = body_for(address, params)
+        return orjson.loads(body) if json else body
+
+    async def async_read(self, address, header=None, params=None, return_headers=False, retry_count=0, retry_delay=60):
+        body = body_for(address, params)
+        return (body, {}) if return_headers else body
+
+    HTTPSync.read = sync_read
+    HTTPAsyncConn.read = async_read
+
+
+def _callbacks(mode: str, counts: _Counts, args) -> dict:
+    from cryptofeed.defines import L2_BOOK, TRADES
+
+    if mode == "noop":
+        return {L2_BOOK: counts.book, TRADES: counts.trade}
+    from cryptofeed.backends.postgres import BookPostgres, TradePostgres
+    from cryptofeed.backends.redis import BookStream, TradeStream
+
+    pg = dict(host=args.pg_host, port=args.pg_port, user=args.pg_user, db=args.pg_db)
+    redis = dict(socket=args.redis_socket) if args.redis_socket else dict(host=args.redis_host, port=args.redis_port)
+    return {
+        L2_BOOK: [BookPostgres(**pg), BookStream(key=f"{args.redis_key_prefix}book", **redis), counts.book],
+        TRADES: [TradePostgres(**pg), TradeStream(key=f"{args.redis_key_prefix}trades", **redis), counts.trade],
+    }
+
+
+async def run(args) -> dict:
+    """Build the feed, push every looped frame through it, drain the backends; the figures of one run."""
+    import cryptofeed.exchanges as exchanges
+    from cryptofeed.defines import L2_BOOK, TRADES
+
+    capture = load_capture(Path(args.capture))
+    _install_recorded_rest(http_bodies(capture))
+    subscription = capture.meta.get("cryptofeed_subscription") or {}
+    symbols = sorted(set(subscription.get("l2_book", [])) | set(subscription.get("trades", [])))
+    if not symbols:
+        raise ValueError(f"{args.capture}: meta has no cryptofeed_subscription with l2_book or trades")
+    counts = _Counts()
+    feed_cls = getattr(exchanges, FEED_CLASSES[args.protocol])
+    checksums = args.protocol in CHECKSUM_PROTOCOLS
+    feed = feed_cls(
+        subscription={L2_BOOK: subscription.get("l2_book", []), TRADES: subscription.get("trades", [])},
+        callbacks=_callbacks(args.mode, counts, args),
+        checksum_validation=checksums,
+    )
+    loop = asyncio.get_running_loop()
+    backends = [cb for cbs in feed.callbacks.values() for cb in cbs if hasattr(cb, "start")]
+    for backend in backends:
+        backend.start(loop)
+    conns = feed.connect()
+    for conn, subscribe, _handler, _auth in conns:
+        await subscribe(_ReplayConnection(conn))
+    conn, handler = _ReplayConnection(conns[0][0]), conns[0][2]
+
+    frames = recv_frames(capture)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(args.loops):
+        for index, frame in enumerate(frames):
+            await handler(frame, conn, time.time())
+            if index % YIELD_EVERY == 0:
+                # A socket read yields to the loop now and then; without it the
+                # backend writers would not run until the end.
+                await asyncio.sleep(0)
+    wall_frames = time.perf_counter() - wall0
+    # Every queued row written before the clock stops.
+    await asyncio.gather(*(backend.queue.join() for backend in backends))
+    for backend in backends:
+        await backend.stop()
+    await asyncio.gather(*(backend.worker for backend in backends))
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    await feed.shutdown()
+    return {
+        "exchange": args.protocol,
+        "mode": args.mode,
+        "checksum_validation": checksums,
+        "frames": len(frames) * args.loops,
+        "seconds": wall,
+        "frame_loop_seconds": wall_frames,
+        "cpu_seconds": cpu,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "book_callbacks": counts.books,
+        "trade_callbacks": counts.trades,
+        "cryptofeed_version": _version(),
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("cryptofeed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamer.bench.peer.cryptofeed_run")
+    parser.add_argument("--capture", required=True)
+    parser.add_argument("--protocol", required=True, choices=sorted(FEED_CLASSES))
+    parser.add_argument("--loops", type=int, default=1)
+    parser.add_argument("--mode", choices=("noop", "backends"), default="noop")
+    parser.add_argument("--pg-host", default="127.0.0.1")
+    parser.add_argument("--pg-port", type=int, default=5432)
+    parser.add_argument("--pg-user", default="postgres")
+    parser.add_argument("--pg-db", default="coby_bench_peer")
+    parser.add_argument("--redis-host", default="127.0.0.1")
+    parser.add_argument("--redis-port", type=int, default=6379)
+    parser.add_argument("--redis-socket", help="Redis unix socket (instead of host and port)")
+    parser.add_argument("--redis-key-prefix", default="coby-bench-peer:cryptofeed:")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    result = asyncio.run(run(args))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

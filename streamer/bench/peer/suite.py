@@ -1,0 +1,301 @@
+"""``coby bench peer``: COBY and cryptofeed on the same recorded frames, in the same run.
+
+For each of the binance-spot, kraken-spot and okx captures (looped, see
+:mod:`.frames`), every run measures, back to back:
+
+* ``cryptofeed_noop``: cryptofeed's feed handler with no-op callbacks,
+  checksum validation on for Kraken and OKX (:mod:`.cryptofeed_run`);
+* ``cryptofeed_pg_redis``: the same with cryptofeed's PostgreSQL and Redis
+  backends writing to the same servers COBY uses;
+* ``coby``: ``coby capture replay LOOPED_FILE --speed max`` (loopback
+  WebSocket, book sync with checksums, PostgreSQL COPY, Redis). The command
+  is a whole process (imports, schema, server start); its per-frame rate is
+  the marginal one, ``(frames_looped - frames_once) / (seconds_looped -
+  seconds_once)`` against a one-loop run of the same run, which takes the
+  fixed start-up cost out.
+
+Ratios are COBY/cryptofeed per run, then the median over runs. Every
+cryptofeed run and every COBY run is a process of its own.
+
+PostgreSQL and Redis come from the environment as for every ``coby``
+command (embedded ones when unset). The suite works in its own database
+``coby_bench_peer`` (COBY in schema ``bench_peer``, cryptofeed in its default
+``book``/``trades`` tables, emptied before each run) and under the Redis
+prefixes ``cobybench:peer:coby:`` and ``cobybench:peer:cryptofeed:``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import psycopg
+import redis
+from psycopg import sql
+
+from ...capture.reader import load_capture
+from ...config import Settings, load_settings
+from ...embedded import ensure_database, export_env
+from ...services import running_services
+from ..e2e.figures import figure
+from .frames import write_looped_capture
+
+log = logging.getLogger(__name__)
+
+SUITE = "peer"
+#: capture session name -> COBY protocol (= cryptofeed feed) that speaks it.
+CAPTURES = {"binance-spot": "binance", "kraken-spot": "kraken", "okx": "okx"}
+BENCH_DB = "coby_bench_peer"
+COBY_SCHEMA = "bench_peer"
+COBY_PREFIX = "cobybench:peer:coby:"
+CRYPTOFEED_PREFIX = "cobybench:peer:cryptofeed:"
+#: Frames per looped run (the capture is repeated until at least this many).
+TARGET_FRAMES = 40_000
+QUICK_FRAMES = 1_500
+#: cryptofeed's tables, as its PostgreSQL backend writes them (its examples' layout).
+CRYPTOFEED_TABLES = (
+    "CREATE TABLE IF NOT EXISTS book (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,"
+    " exchange VARCHAR(32), symbol VARCHAR(32), data JSONB)",
+    "CREATE TABLE IF NOT EXISTS trades (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,"
+    " exchange VARCHAR(32), symbol VARCHAR(32), side VARCHAR(8), amount NUMERIC(64, 32), price NUMERIC(64, 32),"
+    " trade_id VARCHAR(64), order_type VARCHAR(32))",
+)
+
+
+def captures_dir() -> Path:
+    """``COBY_CAPTURES_DIR``, default ``../shared/fixtures/captures`` from the repository root."""
+    configured = os.environ.get("COBY_CAPTURES_DIR")
+    root = Path(__file__).resolve().parents[3]
+    path = Path(configured) if configured else root / ".." / "shared" / "fixtures" / "captures"
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+class PeerHarness:
+    """Runs one measurement at a time, each in a process of its own, on the suite's database and prefixes."""
+
+    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        self.settings = settings
+        self.env = env
+
+    # -- servers ---------------------------------------------------------
+
+    def prepare_database(self) -> None:
+        with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
+            for statement in CRYPTOFEED_TABLES:
+                conn.execute(statement)
+
+    def reset_cryptofeed_state(self) -> None:
+        """Empty cryptofeed's tables and streams so every run writes into the same, empty, state."""
+        with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
+            conn.execute("TRUNCATE book, trades")
+        self._delete_prefix(CRYPTOFEED_PREFIX)
+
+    def reset_coby_state(self) -> None:
+        """Drop COBY's bench schema and keys: every COBY run starts from a fresh schema (a fixed cost)."""
+        with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(COBY_SCHEMA)))
+        self._delete_prefix(COBY_PREFIX)
+
+    def cleanup(self) -> None:
+        self.reset_cryptofeed_state()
+        self.reset_coby_state()
+
+    def _delete_prefix(self, prefix: str) -> None:
+        client = redis.Redis(**self.settings.redis.client_kwargs())
+        try:
+            batch = []
+            for key in client.scan_iter(match=prefix.replace("*", r"\*") + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.delete(*batch)
+                    batch.clear()
+            if batch:
+                client.delete(*batch)
+        finally:
+            client.close()
+
+    # -- measurements ----------------------------------------------------
+
+    def cryptofeed(self, capture: Path, protocol: str, loops: int, mode: str) -> dict:
+        """One cryptofeed run (its own process); its JSON result."""
+        db, rds = self.settings.db, self.settings.redis
+        if mode == "backends":
+            if rds.password or rds.tls or rds.username:
+                raise RuntimeError("cryptofeed's Redis backend has no AUTH/TLS options; use a Redis without them")
+            self.reset_cryptofeed_state()
+        args = [sys.executable, "-m", "streamer.bench.peer.cryptofeed_run", "--capture", str(capture),
+                "--protocol", protocol, "--loops", str(loops), "--mode", mode,
+                "--pg-host", db.host or "", "--pg-port", str(db.port), "--pg-user", db.user, "--pg-db", db.name,
+                "--redis-key-prefix", CRYPTOFEED_PREFIX]
+        if rds.unix_socket:
+            args += ["--redis-socket", rds.unix_socket]
+        else:
+            args += ["--redis-host", rds.host or "", "--redis-port", str(rds.port)]
+        env = dict(self.env)
+        if db.password:
+            env["PGPASSWORD"] = db.password  # asyncpg reads it; never on a command line
+        out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(f"cryptofeed run failed ({protocol}, {mode}): {out.stderr.strip()[-2000:]}")
+        return orjson.loads(out.stdout.strip().splitlines()[-1])
+
+    def coby(self, looped_file: Path) -> dict:
+        """One ``coby capture replay FILE --speed max`` process: its result, wall and CPU seconds."""
+        self.reset_coby_state()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "streamer.cli", "capture", "replay", str(looped_file),
+                              "--speed", "max", "--timeout", "600"],
+                             env=self.env, capture_output=True, text=True, timeout=900)
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode != 0:
+            raise RuntimeError(f"coby capture replay failed: {out.stderr.strip()[-2000:]}")
+        result = orjson.loads(out.stdout.strip().splitlines()[-1])
+        if result.get("timed_out"):
+            raise RuntimeError(f"coby capture replay timed out on {looped_file.name}")
+        result["seconds"] = seconds
+        result["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return result
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, *, runs: int, target: int,
+                    workdir: Path, command: str) -> list[dict]:
+    """All figures for one capture: cryptofeed no-op, cryptofeed PG+Redis, COBY, and the ratios."""
+    capture = load_capture(path)
+    frames_once = sum(1 for rec in capture.records if rec["dir"] == "recv")
+    loops = max(2, -(-target // frames_once))
+    once_file, looped_file = workdir / f"{name}.x1.jsonl.gz", workdir / f"{name}.x{loops}.jsonl.gz"
+    write_looped_capture(capture, 1, once_file)
+    frames = write_looped_capture(capture, loops, looped_file)
+
+    noop, backends, coby, coby_cpu = [], [], [], []
+    noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], []
+    checks: dict[str, Any] = {}
+    for run in range(runs):
+        log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
+        cf_noop = harness.cryptofeed(path, protocol, loops, "noop")
+        cf_back = harness.cryptofeed(path, protocol, loops, "backends")
+        base = harness.coby(once_file)
+        full = harness.coby(looped_file)
+        noop.append(cf_noop["frames"] / cf_noop["seconds"])
+        backends.append(cf_back["frames"] / cf_back["seconds"])
+        extra_frames = full["frames"] - base["frames"]
+        extra_seconds = full["seconds"] - base["seconds"]
+        coby.append(extra_frames / extra_seconds if extra_seconds > 0 else None)
+        coby_cpu.append((full["cpu_seconds"] - base["cpu_seconds"]) / extra_frames * 100_000 if extra_frames else None)
+        noop_cpu.append(cf_noop["cpu_seconds"] / cf_noop["frames"] * 100_000)
+        backends_cpu.append(cf_back["cpu_seconds"] / cf_back["frames"] * 100_000)
+        noop_rss.append(cf_noop["peak_rss_mb"])
+        backends_rss.append(cf_back["peak_rss_mb"])
+        checks = {
+            "cryptofeed_version": cf_noop["cryptofeed_version"],
+            "cryptofeed_checksum_validation": cf_noop["checksum_validation"],
+            "cryptofeed_book_callbacks": cf_noop["book_callbacks"],
+            "cryptofeed_trade_callbacks": cf_noop["trade_callbacks"],
+            "coby_frames": full["frames"],
+            "coby_frames_served": full["frames_served"],
+            "coby_book_updates": full["book_updates"],
+            "coby_checksum_ok": full["checksum_ok"],
+            "coby_checksum_failed": full["checksum_failed"],
+            "coby_sequence_gaps": full["sequence_gaps"],
+            "coby_resyncs": full["resyncs"],
+            "coby_rejected": full["rejected"],
+            "coby_seconds_once": base["seconds"],
+        }
+    common = dict(capture=name, exchange=protocol, frames=frames, loops=loops, **checks)
+    prefix = f"peer.{name}"
+    return [
+        figure(f"{prefix}.cryptofeed_noop.frames_per_s", noop, "frames/s", command, **common),
+        figure(f"{prefix}.cryptofeed_pg_redis.frames_per_s", backends, "frames/s", command, **common),
+        figure(f"{prefix}.coby.frames_per_s", coby, "frames/s", command,
+               method="marginal: (frames_looped - frames_once) / (seconds_looped - seconds_once)", **common),
+        figure(f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x",
+               command, **common),
+        figure(f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)],
+               "x", command, **common),
+        figure(f"{prefix}.cryptofeed_noop.cpu_s_per_100k_frames", noop_cpu, "s", command, **common),
+        figure(f"{prefix}.cryptofeed_pg_redis.cpu_s_per_100k_frames", backends_cpu, "s", command,
+               note="cryptofeed's process only (PostgreSQL and Redis server CPU not counted)", **common),
+        figure(f"{prefix}.coby.cpu_s_per_100k_frames", coby_cpu, "s", command,
+               note="COBY's process only, marginal like its rate", **common),
+        figure(f"{prefix}.cryptofeed_noop.peak_rss_mb", noop_rss, "MB", command, **common),
+        figure(f"{prefix}.cryptofeed_pg_redis.peak_rss_mb", backends_rss, "MB", command, **common),
+    ]
+
+
+def run_suite(*, runs: int, quick: bool, command: str, emit: Callable[[dict], None],
+              captures: dict[str, str] | None = None) -> list[dict]:
+    """Every capture's figures (a capture missing from the captures folder is skipped with a warning)."""
+    figures: list[dict] = []
+    folder = captures_dir()
+    with running_services(load_settings()) as resolved:
+        resolved = resolved.with_db(name=BENCH_DB, schema=COBY_SCHEMA).with_redis(prefix=COBY_PREFIX)
+        ensure_database(resolved)
+        env = {**os.environ, **export_env(resolved), "DB_NAME": BENCH_DB, "COBY_DB_SCHEMA": COBY_SCHEMA,
+               "COBY_REDIS_PREFIX": COBY_PREFIX}
+        harness = PeerHarness(resolved, env)
+        harness.prepare_database()
+        try:
+            with tempfile.TemporaryDirectory(prefix="coby-bench-peer-") as tmp:
+                for name, protocol in (captures or CAPTURES).items():
+                    path = folder / f"{name}.session1.jsonl.gz"
+                    if not path.exists():
+                        log.warning("capture %s not found (set COBY_CAPTURES_DIR); skipping it", path)
+                        continue
+                    for item in measure_capture(harness, name, path, protocol, runs=runs,
+                                                target=QUICK_FRAMES if quick else TARGET_FRAMES,
+                                                workdir=Path(tmp), command=command):
+                        figures.append(item)
+                        emit(item)
+        finally:
+            harness.cleanup()
+    return figures
+
+
+def main(args) -> int:
+    """``coby bench peer [--json] [--runs N] [--quick] [--results DIR]``.
+
+    Prints one JSON object per figure (``--json``: nothing else on stdout) and
+    writes them to ``{results}/peer.jsonl`` (``peer.quick.jsonl`` with
+    ``--quick``, so a quick check never replaces the recorded figures).
+    """
+    try:
+        import cryptofeed  # noqa: F401  (the peer is the optional ``bench`` extra)
+    except ImportError as exc:
+        print(f"coby bench peer: cryptofeed is not installed ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    quick = bool(getattr(args, "quick", False))
+    runs = 1 if quick else (args.runs or 5)
+    command = "coby bench peer --json" + (" --quick" if quick else "") + (f" --runs {runs}" if runs != 5 and not quick else "")
+    as_json = bool(getattr(args, "json", False))
+
+    def emit(item: dict) -> None:
+        if as_json:
+            print(orjson.dumps(item).decode(), flush=True)
+        else:
+            print(f"{item['name']:<58} {item['median']:>12,.2f} {item['unit']:<9} "
+                  f"(min {item['min']:,.2f}, max {item['max']:,.2f}, {item['runs']} runs)", flush=True)
+
+    figures = run_suite(runs=runs, quick=quick, command=command, emit=emit)
+    results = Path(getattr(args, "results", None) or "bench/results")
+    results.mkdir(parents=True, exist_ok=True)
+    lines = [orjson.dumps(item).decode() for item in figures]
+    (results / f"{SUITE}{'.quick' if quick else ''}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if figures:
+        medians = {f["name"]: f["median"] for f in figures}
+        log.info("peer: %d figures; ratios %s", len(figures),
+                 {k: round(v, 2) for k, v in medians.items() if ".ratio." in k})
+    return 0 if figures else 1
