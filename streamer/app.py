@@ -93,7 +93,8 @@ class Streamer:
             config = replace(config, snapshot_depth=self.settings.heatmap_depth,
                              snapshot_band_pct=self.settings.snapshot_band_pct)
             feed = ExchangeFeed(
-                config, partial(get_mapper, config.exchange), self.outputs, durability,
+                config, partial(get_mapper, config.exchange, **self._mapper_options(config.exchange)),
+                self.outputs, durability,
                 recorder=recorder, http_recorder=recorder,
             )
             self.feeds.append(feed)
@@ -107,6 +108,11 @@ class Streamer:
             asyncio.create_task(self.snapshotter.run(), name="snapshotter"),
             asyncio.create_task(self.watchdog.run(), name="memory-watchdog"),
         ]
+
+    def _mapper_options(self, exchange: str) -> dict:
+        if exchange == "kraken":
+            return {"book_depth": self.settings.kraken_book_depth}
+        return {}
 
     async def stop(self) -> None:
         for feed in self.feeds:

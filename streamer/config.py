@@ -49,6 +49,13 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1, m
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: int, choices: tuple[int, ...]) -> int:
+    value = _int(env, name, default)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
     raw = _get(env, name)
     if raw is None:
@@ -195,6 +202,8 @@ class Settings:
     max_memory_mb: int = 1024
     #: Disk budget of each feed's journal (the spool while PostgreSQL is down).
     spool_budget_mb: int = 1024
+    #: Depth of the Kraken book subscription (10, 25, 100, 500 or 1000 levels).
+    kraken_book_depth: int = 100
     retention_days: int = 30
     partitions_ahead_days: int = 2
     trade_stream_maxlen: int = 10_000
@@ -376,6 +385,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_write_size=_int(env, "BATCH_WRITE_SIZE", 5_000),
         max_memory_mb=_int(env, "MAX_MEMORY_USAGE", 1024, minimum=64),
         spool_budget_mb=_int(env, "COBY_SPOOL_BUDGET_MB", 1024, minimum=1),
+        kraken_book_depth=_choice(env, "COBY_KRAKEN_BOOK_DEPTH", 100, (10, 25, 100, 500, 1000)),
         retention_days=_int(env, "COBY_RETENTION_DAYS", 30),
         partitions_ahead_days=_int(env, "COBY_PARTITIONS_AHEAD_DAYS", 2, minimum=0),
         trade_stream_maxlen=_int(env, "COBY_TRADE_STREAM_MAXLEN", 10_000, minimum=10),

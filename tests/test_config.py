@@ -158,3 +158,13 @@ def test_bucket_sizes_defaults_overrides_and_fallback():
 )
 def test_default_bucket_size_for_price(price, expected):
     assert default_bucket_size_for_price(price) == expected
+
+
+def test_kraken_book_depth_is_one_of_krakens_depths():
+    from streamer.config import load_settings
+    from streamer.errors import ConfigError
+
+    assert load_settings({"COBY_KRAKEN_BOOK_DEPTH": "1000"}).kraken_book_depth == 1000
+    assert load_settings({}).kraken_book_depth == 100
+    with pytest.raises(ConfigError, match="COBY_KRAKEN_BOOK_DEPTH"):
+        load_settings({"COBY_KRAKEN_BOOK_DEPTH": "50"})

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import resource
+import re
 import sys
 import time
 from pathlib import Path
@@ -47,6 +47,8 @@ FEED_CLASSES = {"binance": "Binance", "kraken": "Kraken", "okx": "OKX"}
 CHECKSUM_PROTOCOLS = frozenset({"kraken", "okx"})
 #: Frames handled between yields to the event loop (the same batch COBY's replay server writes).
 YIELD_EVERY = 256
+#: cryptofeed writes its table name into its SQL text: only plain identifiers go there.
+PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class _Counts:
@@ -112,10 +114,12 @@ def _callbacks(mode: str, counts: _Counts, args) -> dict:
     from cryptofeed.backends.redis import BookStream, TradeStream
 
     pg = dict(host=args.pg_host, port=args.pg_port, user=args.pg_user, db=args.pg_db)
+    if not PLAIN_IDENTIFIER.fullmatch(args.pg_schema):
+        raise ValueError(f"--pg-schema must be a plain lower-case identifier, got {args.pg_schema!r}")
     redis = dict(socket=args.redis_socket) if args.redis_socket else dict(host=args.redis_host, port=args.redis_port)
     return {
-        L2_BOOK: [BookPostgres(**pg), BookStream(key=f"{args.redis_key_prefix}book", **redis), counts.book],
-        TRADES: [TradePostgres(**pg), TradeStream(key=f"{args.redis_key_prefix}trades", **redis), counts.trade],
+        L2_BOOK: [BookPostgres(table=f"{args.pg_schema}.book", **pg), BookStream(key=f"{args.redis_key_prefix}book", **redis), counts.book],
+        TRADES: [TradePostgres(table=f"{args.pg_schema}.trades", **pg), TradeStream(key=f"{args.redis_key_prefix}trades", **redis), counts.trade],
     }
 
 
@@ -157,11 +161,7 @@ async def run(args) -> dict:
                 # backend writers would not run until the end.
                 await asyncio.sleep(0)
     wall_frames = time.perf_counter() - wall0
-    # Every queued row written before the clock stops.
-    await asyncio.gather(*(backend.queue.join() for backend in backends))
-    for backend in backends:
-        await backend.stop()
-    await asyncio.gather(*(backend.worker for backend in backends))
+    await _drain(backends)
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
     await feed.shutdown()
@@ -173,11 +173,48 @@ async def run(args) -> dict:
         "seconds": wall,
         "frame_loop_seconds": wall_frames,
         "cpu_seconds": cpu,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": _peak_rss_mb(),
         "book_callbacks": counts.books,
         "trade_callbacks": counts.trades,
         "cryptofeed_version": _version(),
     }
+
+
+async def _drain(backends: list) -> None:
+    """Wait until every queued row is written, then stop the writers.
+
+    A writer that dies (a refused connection, a bad URL) would leave its queue
+    unjoined forever; its exception is raised instead.
+    """
+    joins = {asyncio.ensure_future(backend.queue.join()): backend for backend in backends}
+    pending = set(joins)
+    while pending:
+        watched = pending | {joins[j].worker for j in pending}
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in joins:
+                pending.discard(task)
+            else:  # a writer ended before its queue was written out
+                for join in pending:
+                    join.cancel()
+                error = task.exception() if not task.cancelled() else None
+                raise RuntimeError(f"a cryptofeed backend writer stopped early: {error!r}")
+    for backend in backends:
+        await backend.stop()
+    await asyncio.gather(*(backend.worker for backend in backends))
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's own peak RSS (``VmHWM``: unlike ``ru_maxrss`` it does not carry the parent's peak
+    over ``fork``+``exec``); None where ``/proc`` is absent."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 def _version() -> str:
@@ -196,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
     parser.add_argument("--pg-db", default="coby_bench_peer")
+    parser.add_argument("--pg-schema", default="public", help="schema of cryptofeed's book and trades tables")
     parser.add_argument("--redis-host", default="127.0.0.1")
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--redis-socket", help="Redis unix socket (instead of host and port)")

@@ -19,15 +19,18 @@ cryptofeed run and every COBY run is a process of its own.
 
 PostgreSQL and Redis come from the environment as for every ``coby``
 command (embedded ones when unset). The suite works in its own database
-``coby_bench_peer`` (COBY in schema ``bench_peer``, cryptofeed in its default
-``book``/``trades`` tables, emptied before each run) and under the Redis
-prefixes ``cobybench:peer:coby:`` and ``cobybench:peer:cryptofeed:``.
+``coby_bench_peer`` (COBY in schema ``bench_peer``, dropped before each of
+its runs; cryptofeed's ``book``/``trades`` tables in schema
+``bench_peer_cryptofeed``, emptied before each run) and under the Redis
+prefixes ``cobybench:peer:`` (COBY) and ``cobybench:peer:cryptofeed:``; it
+drops both schemas and deletes both prefixes' keys when it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -43,6 +46,7 @@ from psycopg import sql
 
 from ...capture.reader import load_capture
 from ...config import Settings, load_settings
+from ...errors import ConfigError
 from ...embedded import ensure_database, export_env
 from ...services import running_services
 from ..e2e.figures import figure
@@ -55,19 +59,21 @@ SUITE = "peer"
 CAPTURES = {"binance-spot": "binance", "kraken-spot": "kraken", "okx": "okx"}
 BENCH_DB = "coby_bench_peer"
 COBY_SCHEMA = "bench_peer"
-COBY_PREFIX = "cobybench:peer:coby:"
-CRYPTOFEED_PREFIX = "cobybench:peer:cryptofeed:"
+COBY_PREFIX = "cobybench:peer:"
 #: Frames per looped run (the capture is repeated until at least this many).
 TARGET_FRAMES = 40_000
 QUICK_FRAMES = 1_500
-#: cryptofeed's tables, as its PostgreSQL backend writes them (its examples' layout).
+CRYPTOFEED_SCHEMA_SUFFIX = "_cryptofeed"
+#: cryptofeed's tables, as its PostgreSQL backend writes them (the layout of its examples).
 CRYPTOFEED_TABLES = (
-    "CREATE TABLE IF NOT EXISTS book (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,"
+    "CREATE TABLE IF NOT EXISTS {}.book (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,"
     " exchange VARCHAR(32), symbol VARCHAR(32), data JSONB)",
-    "CREATE TABLE IF NOT EXISTS trades (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,"
+    "CREATE TABLE IF NOT EXISTS {}.trades (id serial PRIMARY KEY, timestamp TIMESTAMP, receipt_timestamp TIMESTAMP,"
     " exchange VARCHAR(32), symbol VARCHAR(32), side VARCHAR(8), amount NUMERIC(64, 32), price NUMERIC(64, 32),"
     " trade_id VARCHAR(64), order_type VARCHAR(32))",
 )
+#: cryptofeed puts its table name into its SQL text as is: only plain identifiers are passed to it.
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def captures_dir() -> Path:
@@ -84,29 +90,41 @@ class PeerHarness:
     def __init__(self, settings: Settings, env: dict[str, str]) -> None:
         self.settings = settings
         self.env = env
+        self.coby_schema = settings.db.schema
+        self.coby_prefix = settings.redis.prefix
+        self.cf_schema = self.coby_schema + CRYPTOFEED_SCHEMA_SUFFIX
+        self.cf_prefix = self.coby_prefix + "cryptofeed:"
+        if not _PLAIN_IDENTIFIER.fullmatch(self.cf_schema):
+            raise ConfigError(f"benchmark schema {self.cf_schema!r} must be a plain lower-case identifier")
 
     # -- servers ---------------------------------------------------------
 
     def prepare_database(self) -> None:
         with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
+            schema = sql.Identifier(self.cf_schema)
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             for statement in CRYPTOFEED_TABLES:
-                conn.execute(statement)
+                conn.execute(sql.SQL(statement).format(schema))
 
     def reset_cryptofeed_state(self) -> None:
         """Empty cryptofeed's tables and streams so every run writes into the same, empty, state."""
         with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
-            conn.execute("TRUNCATE book, trades")
-        self._delete_prefix(CRYPTOFEED_PREFIX)
+            schema = sql.Identifier(self.cf_schema)
+            conn.execute(sql.SQL("TRUNCATE {}.book, {}.trades").format(schema, schema))
+        self._delete_prefix(self.cf_prefix)
 
     def reset_coby_state(self) -> None:
         """Drop COBY's bench schema and keys: every COBY run starts from a fresh schema (a fixed cost)."""
         with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(COBY_SCHEMA)))
-        self._delete_prefix(COBY_PREFIX)
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.coby_schema)))
+        self._delete_prefix(self.coby_prefix)
 
     def cleanup(self) -> None:
-        self.reset_cryptofeed_state()
+        """Leave nothing behind: both schemas dropped, both prefixes' keys deleted."""
         self.reset_coby_state()
+        with psycopg.connect(self.settings.db.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.cf_schema)))
+        self._delete_prefix(self.cf_prefix)
 
     def _delete_prefix(self, prefix: str) -> None:
         client = redis.Redis(**self.settings.redis.client_kwargs())
@@ -134,8 +152,12 @@ class PeerHarness:
         args = [sys.executable, "-m", "streamer.bench.peer.cryptofeed_run", "--capture", str(capture),
                 "--protocol", protocol, "--loops", str(loops), "--mode", mode,
                 "--pg-host", db.host or "", "--pg-port", str(db.port), "--pg-user", db.user, "--pg-db", db.name,
-                "--redis-key-prefix", CRYPTOFEED_PREFIX]
+                "--pg-schema", self.cf_schema, "--redis-key-prefix", self.cf_prefix]
         if rds.unix_socket:
+            if mode == "backends":
+                # cryptofeed 2.4.1 RedisCallback: `f"unix://{host}" + f":{port}" if port else ""` builds an
+                # empty URL when port is None, which a socket requires.
+                raise RuntimeError("cryptofeed's Redis backend cannot reach a unix socket; set REDIS_HOST/REDIS_PORT")
             args += ["--redis-socket", rds.unix_socket]
         else:
             args += ["--redis-host", rds.host or "", "--redis-port", str(rds.port)]
@@ -237,15 +259,22 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
 
 
 def run_suite(*, runs: int, quick: bool, command: str, emit: Callable[[dict], None],
-              captures: dict[str, str] | None = None) -> list[dict]:
-    """Every capture's figures (a capture missing from the captures folder is skipped with a warning)."""
+              captures: dict[str, str] | None = None, captures_folder: Path | None = None,
+              settings: Settings | None = None, db_name: str = BENCH_DB, schema: str = COBY_SCHEMA,
+              prefix: str = COBY_PREFIX) -> list[dict]:
+    """Every capture's figures (a capture missing from the captures folder is skipped with a warning).
+
+    ``settings`` default to the environment's (embedded servers when unset);
+    COBY works in ``db_name``/``schema``/``prefix``, cryptofeed in
+    ``schema + "_cryptofeed"`` and ``prefix + "cryptofeed:"``.
+    """
     figures: list[dict] = []
-    folder = captures_dir()
-    with running_services(load_settings()) as resolved:
-        resolved = resolved.with_db(name=BENCH_DB, schema=COBY_SCHEMA).with_redis(prefix=COBY_PREFIX)
+    folder = captures_folder or captures_dir()
+    with running_services(settings or load_settings()) as resolved:
+        resolved = resolved.with_db(name=db_name, schema=schema).with_redis(prefix=prefix)
         ensure_database(resolved)
-        env = {**os.environ, **export_env(resolved), "DB_NAME": BENCH_DB, "COBY_DB_SCHEMA": COBY_SCHEMA,
-               "COBY_REDIS_PREFIX": COBY_PREFIX}
+        env = {**os.environ, **export_env(resolved), "DB_NAME": db_name, "COBY_DB_SCHEMA": schema,
+               "COBY_REDIS_PREFIX": prefix}
         harness = PeerHarness(resolved, env)
         harness.prepare_database()
         try:
