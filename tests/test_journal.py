@@ -91,14 +91,3 @@ def test_records_survive_kill_9_of_the_writer(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert [r.text() for r in Journal(tmp_path).read()][-1] == "frame 999"
-
-
-def test_last_record_of_a_kind(tmp_path):
-    journal = Journal(tmp_path)
-    journal.append(1, Kind.CONNECT, meta="ws://a")
-    journal.append(2, Kind.WS_TEXT, "x")
-    journal.append(3, Kind.STATE, b"state")
-    journal.append(4, Kind.WS_TEXT, "y")
-    assert journal.last_record_of({Kind.CONNECT, Kind.STATE}, at_most=4).seq == 3
-    assert journal.last_record_of({Kind.CONNECT, Kind.STATE}, at_most=2).seq == 1
-    assert journal.last_record_of({Kind.DISCONNECT}, at_most=4) is None

@@ -151,16 +151,6 @@ class Journal:
                 if record.seq >= from_seq:
                     yield record
 
-    def last_record_of(self, kinds: set[Kind], at_most: int) -> Record | None:
-        """The newest record of one of ``kinds`` with ``seq <= at_most``."""
-        found = None
-        for record in self.read():
-            if record.seq > at_most:
-                break
-            if record.kind in kinds:
-                found = record
-        return found
-
     # -- reclaiming ------------------------------------------------------------
     def reclaim(self, base_seq: int) -> int:
         """Delete segments holding only records before ``base_seq``; returns bytes freed."""
