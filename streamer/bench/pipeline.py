@@ -453,10 +453,12 @@ def main(args) -> int:
     import orjson
 
     quick = bool(getattr(args, "quick", False))
-    rows = getattr(args, "rows", None) or (QUICK_ROWS if quick else DEFAULT_ROWS)
-    runs = args.runs if getattr(args, "runs", None) else 5
+    given_rows = getattr(args, "rows", None)
+    rows = given_rows if given_rows is not None else (QUICK_ROWS if quick else DEFAULT_ROWS)
+    runs = getattr(args, "runs", None)
+    runs = 5 if runs is None else runs
     command = "coby bench pipeline --json" + (" --quick" if quick else "") + (
-        f" --runs {runs}" if runs != 5 else "") + (f" --rows {rows}" if getattr(args, "rows", None) else "")
+        f" --runs {runs}" if runs != 5 else "") + (f" --rows {rows}" if given_rows is not None else "")
     try:
         figures = run(
             runs=runs,

@@ -11,8 +11,9 @@ For each of the binance-spot, kraken-spot and okx captures (looped, see
   WebSocket, book sync with checksums, PostgreSQL COPY, Redis). The command
   is a whole process (imports, schema, server start); its per-frame rate is
   the marginal one, ``(frames_looped - frames_once) / (seconds_looped -
-  seconds_once)`` against a one-loop run of the same run, which takes the
-  fixed start-up cost out.
+  median(seconds_once))`` against one-loop runs of the same file, which
+  takes the fixed start-up cost out. Each COBY process gets a fresh data
+  directory (its journal) and a fresh schema.
 
 Ratios are COBY/cryptofeed per run, then the median over runs. Every
 cryptofeed run and every COBY run is a process of its own.
@@ -32,6 +33,7 @@ import logging
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +64,7 @@ COBY_SCHEMA = "bench_peer"
 COBY_PREFIX = "cobybench:peer:"
 #: Frames per looped run (the capture is repeated until at least this many).
 TARGET_FRAMES = 40_000
-QUICK_FRAMES = 1_500
+QUICK_FRAMES = 4_000
 CRYPTOFEED_SCHEMA_SUFFIX = "_cryptofeed"
 #: cryptofeed's tables, as its PostgreSQL backend writes them (the layout of its examples).
 CRYPTOFEED_TABLES = (
@@ -172,13 +174,18 @@ class PeerHarness:
     def coby(self, looped_file: Path) -> dict:
         """One ``coby capture replay FILE --speed max`` process: its result, wall and CPU seconds."""
         self.reset_coby_state()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "streamer.cli", "capture", "replay", str(looped_file),
-                              "--speed", "max", "--timeout", "600"],
-                             env=self.env, capture_output=True, text=True, timeout=900)
-        seconds = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # A data directory of its own: the streamer's journal would otherwise
+        # hold the previous runs' records, and a fresh schema (checkpoint 0)
+        # makes it re-process all of them.
+        with tempfile.TemporaryDirectory(prefix="coby-bench-peer-data-") as data_dir:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "streamer.cli", "capture", "replay", str(looped_file),
+                                  "--speed", "max", "--timeout", "600"],
+                                 env={**self.env, "COBY_DATA_DIR": data_dir}, capture_output=True, text=True,
+                                 timeout=900)
+            seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if out.returncode != 0:
             raise RuntimeError(f"coby capture replay failed: {out.stderr.strip()[-2000:]}")
         result = orjson.loads(out.stdout.strip().splitlines()[-1])
@@ -203,8 +210,8 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
     write_looped_capture(capture, 1, once_file)
     frames = write_looped_capture(capture, loops, looped_file)
 
-    noop, backends, coby, coby_cpu = [], [], [], []
-    noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], []
+    noop, backends, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], []
+    once_runs, looped_runs = [], []
     checks: dict[str, Any] = {}
     for run in range(runs):
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
@@ -212,12 +219,10 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         cf_back = harness.cryptofeed(path, protocol, loops, "backends")
         base = harness.coby(once_file)
         full = harness.coby(looped_file)
+        once_runs.append(base)
+        looped_runs.append(full)
         noop.append(cf_noop["frames"] / cf_noop["seconds"])
         backends.append(cf_back["frames"] / cf_back["seconds"])
-        extra_frames = full["frames"] - base["frames"]
-        extra_seconds = full["seconds"] - base["seconds"]
-        coby.append(extra_frames / extra_seconds if extra_seconds > 0 else None)
-        coby_cpu.append((full["cpu_seconds"] - base["cpu_seconds"]) / extra_frames * 100_000 if extra_frames else None)
         noop_cpu.append(cf_noop["cpu_seconds"] / cf_noop["frames"] * 100_000)
         backends_cpu.append(cf_back["cpu_seconds"] / cf_back["frames"] * 100_000)
         noop_rss.append(cf_noop["peak_rss_mb"])
@@ -235,27 +240,45 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
             "coby_sequence_gaps": full["sequence_gaps"],
             "coby_resyncs": full["resyncs"],
             "coby_rejected": full["rejected"],
-            "coby_seconds_once": base["seconds"],
         }
+    # The fixed cost (process start, imports, schema, first connect) is the
+    # median over the one-loop runs: one slow start must not make a run's
+    # marginal rate absurd.
+    once_seconds = statistics.median(r["seconds"] for r in once_runs)
+    once_cpu = statistics.median(r["cpu_seconds"] for r in once_runs)
+    once_frames = once_runs[0]["frames"]
+    coby, coby_cpu = [], []
+    for full in looped_runs:
+        extra_frames, extra_seconds = full["frames"] - once_frames, full["seconds"] - once_seconds
+        coby.append(extra_frames / extra_seconds if extra_frames > 0 and extra_seconds > 0 else None)
+        extra_cpu = full["cpu_seconds"] - once_cpu
+        coby_cpu.append(extra_cpu / extra_frames * 100_000 if extra_frames > 0 and extra_cpu > 0 else None)
+    checks["coby_seconds_once_median"] = once_seconds
+    checks["coby_seconds_looped"] = [r["seconds"] for r in looped_runs]
     common = dict(capture=name, exchange=protocol, frames=frames, loops=loops, **checks)
     prefix = f"peer.{name}"
-    return [
-        figure(f"{prefix}.cryptofeed_noop.frames_per_s", noop, "frames/s", command, **common),
-        figure(f"{prefix}.cryptofeed_pg_redis.frames_per_s", backends, "frames/s", command, **common),
-        figure(f"{prefix}.coby.frames_per_s", coby, "frames/s", command,
-               method="marginal: (frames_looped - frames_once) / (seconds_looped - seconds_once)", **common),
-        figure(f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x",
-               command, **common),
-        figure(f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)],
-               "x", command, **common),
-        figure(f"{prefix}.cryptofeed_noop.cpu_s_per_100k_frames", noop_cpu, "s", command, **common),
-        figure(f"{prefix}.cryptofeed_pg_redis.cpu_s_per_100k_frames", backends_cpu, "s", command,
-               note="cryptofeed's process only (PostgreSQL and Redis server CPU not counted)", **common),
-        figure(f"{prefix}.coby.cpu_s_per_100k_frames", coby_cpu, "s", command,
-               note="COBY's process only, marginal like its rate", **common),
-        figure(f"{prefix}.cryptofeed_noop.peak_rss_mb", noop_rss, "MB", command, **common),
-        figure(f"{prefix}.cryptofeed_pg_redis.peak_rss_mb", backends_rss, "MB", command, **common),
+    marginal = "marginal: (frames_looped - frames_once) / (seconds_looped - median(seconds_once))"
+    specs = [
+        (f"{prefix}.cryptofeed_noop.frames_per_s", noop, "frames/s", {}),
+        (f"{prefix}.cryptofeed_pg_redis.frames_per_s", backends, "frames/s", {}),
+        (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": marginal}),
+        (f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x", {}),
+        (f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)], "x", {}),
+        (f"{prefix}.cryptofeed_noop.cpu_s_per_100k_frames", noop_cpu, "s", {}),
+        (f"{prefix}.cryptofeed_pg_redis.cpu_s_per_100k_frames", backends_cpu, "s",
+         {"note": "cryptofeed's process only (PostgreSQL and Redis server CPU not counted)"}),
+        (f"{prefix}.coby.cpu_s_per_100k_frames", coby_cpu, "s",
+         {"note": "COBY's process only, marginal like its rate", "method": marginal}),
+        (f"{prefix}.cryptofeed_noop.peak_rss_mb", noop_rss, "MB", {}),
+        (f"{prefix}.cryptofeed_pg_redis.peak_rss_mb", backends_rss, "MB", {}),
     ]
+    figures = []
+    for fig_name, samples, unit, extra in specs:
+        try:
+            figures.append(figure(fig_name, samples, unit, command, **extra, **common))
+        except ValueError as exc:  # no run gave a value (e.g. a marginal time <= 0 under load)
+            log.warning("peer: %s", exc)
+    return figures
 
 
 def run_suite(*, runs: int, quick: bool, command: str, emit: Callable[[dict], None],
@@ -301,10 +324,10 @@ def main(args) -> int:
     writes them to ``{results}/peer.jsonl`` (``peer.quick.jsonl`` with
     ``--quick``, so a quick check never replaces the recorded figures).
     """
-    try:
-        import cryptofeed  # noqa: F401  (the peer is the optional ``bench`` extra)
-    except ImportError as exc:
-        print(f"coby bench peer: cryptofeed is not installed ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+    from importlib.util import find_spec
+
+    if find_spec("cryptofeed") is None:  # the peer is the optional ``bench`` extra
+        print("coby bench peer: cryptofeed is not installed; pip install -e '.[bench]'", file=sys.stderr)
         return 2
     quick = bool(getattr(args, "quick", False))
     runs = 1 if quick else (args.runs or 5)
