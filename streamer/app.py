@@ -51,6 +51,13 @@ class _CaptureRecorder:
         self.writer.http(url, data)
 
 
+def journal_dir(settings: Settings, exchange: str) -> Path:
+    """A journal belongs to the database and schema its checkpoints are in:
+    pointing COBY at another database starts new journals rather than
+    replaying old ones into it."""
+    return settings.data_dir / "journal" / f"{settings.db.name}.{settings.db.schema}" / exchange
+
+
 class Streamer:
     def __init__(self, settings: Settings, feeds: list[FeedConfig], *, record_dir: Path | None = None) -> None:
         if not feeds:
@@ -86,7 +93,7 @@ class Streamer:
                 recorder = _CaptureRecorder(writer)
             durability = FeedDurability(
                 config.exchange,
-                self.settings.data_dir / "journal" / config.exchange,
+                journal_dir(self.settings, config.exchange),
                 self.pg,
                 budget_bytes=self.settings.spool_budget_mb * 2**20,
             )

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from streamer.app import Streamer
+from streamer.app import Streamer, journal_dir
 from streamer.contract import BOOK_UPDATES, TRADES
 from streamer.embedded import export_env
 from streamer.exchanges.registry import get_mapper
@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = {"binance": ["BTC-USDT", "ETH-USDT"], "okx": ["BTC-USDT", "ETH-USDT"]}
 
 
-def journal_rows(journal_dir: Path, exchange: str) -> dict[str, Counter]:
+def journal_rows(directory: Path, exchange: str) -> dict[str, Counter]:
     """Rows a processor derives from what is left of a feed's journal, per table,
     as comparable keys: from a fresh processor when the journal starts at a
     connect, from the pickled one when reclaiming left a STATE record first."""
@@ -47,7 +47,7 @@ def journal_rows(journal_dir: Path, exchange: str) -> dict[str, Counter]:
     processor = None
     after = -1  # rows at or before a starting STATE record belong to reclaimed records
     derived = {"trades": Counter(), "book_updates": Counter()}
-    for record in Journal(journal_dir).read():
+    for record in Journal(directory).read():
         if processor is None:
             if record.kind is Kind.STATE:
                 processor = pickle.loads(record.payload)
@@ -133,10 +133,10 @@ async def test_postgres_down_spills_to_the_journal_and_drains_in_order(settings,
         if state_interval < 1:
             assert all(f.durability.bases[0] > 1 for f in streamer.feeds), "segments before a STATE were reclaimed"
         for exchange in SYMBOLS:
-            journal_dir = own.data_dir / "journal" / exchange
-            expected = journal_rows(journal_dir, exchange)
+            journal = journal_dir(own, exchange)
+            expected = journal_rows(journal, exchange)
             # Older records were reclaimed (their rows are stored): compare from the first base.
-            first = next(r for r in Journal(journal_dir).read() if r.kind in (Kind.CONNECT, Kind.STATE))
+            first = next(r for r in Journal(journal).read() if r.kind in (Kind.CONNECT, Kind.STATE))
             since = first.local_ts + 1 if first.kind is Kind.STATE else first.local_ts
             stored = stored_rows(pg.url(), "coby", exchange, since_us=since)
             assert expected["trades"] and expected["book_updates"]
@@ -193,7 +193,7 @@ def test_sigkill_then_restart_stores_every_received_tick_exactly_once(settings, 
         first.wait()
         # What the killed process had received: its journals, as they were at the kill.
         received = tmp_path / "received"
-        shutil.copytree(data_dir / "journal", received)
+        shutil.copytree(journal_dir(replace(settings, data_dir=data_dir), "okx").parent, received)
 
         second = _stream(env, 6)
         assert second.wait(timeout=90) == 0
@@ -249,10 +249,10 @@ async def test_spool_budget_raises_the_alarm_pauses_and_recovers(settings, tmp_p
             details = [r[0] for r in conn.execute(
                 "SELECT detail FROM coby.feed_events WHERE exchange = 'okx' AND event = 'error'").fetchall()]
         assert any(d.startswith("spool alarm") for d in details)
-        journal_dir = own.data_dir / "journal" / "okx"
-        first = next(r for r in Journal(journal_dir).read() if r.kind in (Kind.CONNECT, Kind.STATE))
+        journal = journal_dir(own, "okx")
+        first = next(r for r in Journal(journal).read() if r.kind in (Kind.CONNECT, Kind.STATE))
         since = first.local_ts + 1 if first.kind is Kind.STATE else first.local_ts
-        expected = journal_rows(journal_dir, "okx")
+        expected = journal_rows(journal, "okx")
         stored = stored_rows(pg.url(), "coby", "okx", since_us=since)
         assert stored["trades"] == expected["trades"]
         assert stored["book_updates"] == expected["book_updates"]
