@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pickle
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from streamer.capture.reader import load_capture, payload
+from streamer.capture.journal import journal_records
+from streamer.capture.reader import load_capture
 from streamer.capture.replay import session_symbols
 from streamer.contract import BOOK_UPDATES, FEED_EVENTS, TRADES
 from streamer.exchanges.registry import get_mapper
@@ -18,19 +18,7 @@ from .reference_books import CAPTURE_FILES, REFERENCE
 
 
 def capture_records(path, protocol: str) -> list[Record]:
-    """A capture as the journal would hold it: connect, then frames and REST bodies."""
-    capture = load_capture(path)
-    records = [Record(1, int(capture.records[0]["t"] * 1e6), Kind.CONNECT, "ws://replay", b"")]
-    for rec in capture.records:
-        ts = int(rec["t"] * 1e6)
-        if rec["dir"] == "recv":
-            data = payload(rec)
-            kind = Kind.WS_BINARY if isinstance(data, bytes) else Kind.WS_TEXT
-            records.append(Record(len(records) + 1, ts, kind, "", data if isinstance(data, bytes) else data.encode()))
-        elif rec["dir"] == "http" and "/depth" in rec["url"]:
-            symbol = parse_qs(urlparse(rec["url"]).query)["symbol"][0]
-            records.append(Record(len(records) + 1, ts, Kind.HTTP, symbol, rec["data"].encode()))
-    return records
+    return journal_records(load_capture(path), protocol)[1]
 
 
 def run(processor: FeedProcessor, records: list[Record]) -> list[tuple]:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import orjson
 import psycopg
 from psycopg import sql
 
+from ...capture.journal import journal_records
 from ...capture.reader import load_capture, payload
-from ...capture.replay import protocol_of, session_symbols
+from ...capture.replay import protocol_of
 from ...config import Settings
 from ...contract import BOOK_UPDATES
 from ...exchanges.registry import get_mapper
@@ -53,17 +53,8 @@ def capture_records(path: Path) -> tuple[str, list[str], list[Record]]:
     """(protocol, native symbols, the capture as the journal holds it: connect, frames, REST snapshots)."""
     capture = load_capture(path)
     protocol = protocol_of(capture)
-    records = [Record(1, int(capture.records[0]["t"] * 1e6), Kind.CONNECT, "ws://replay", b"")]
-    for rec in capture.records:
-        ts = int(rec["t"] * 1e6)
-        if rec["dir"] == "recv":
-            data = payload(rec)
-            kind = Kind.WS_BINARY if isinstance(data, bytes) else Kind.WS_TEXT
-            records.append(Record(len(records) + 1, ts, kind, "", data if isinstance(data, bytes) else data.encode()))
-        elif rec["dir"] == "http" and "/depth" in rec["url"]:
-            symbol = parse_qs(urlparse(rec["url"]).query)["symbol"][0]
-            records.append(Record(len(records) + 1, ts, Kind.HTTP, symbol, rec["data"].encode()))
-    return protocol, list(session_symbols(capture, protocol)), records
+    natives, records = journal_records(capture, protocol)
+    return protocol, natives, records
 
 
 def processor_rate(path: Path, loops: int) -> tuple[float, list[tuple]]:
