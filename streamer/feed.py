@@ -93,6 +93,7 @@ class ExchangeFeed:
         self._stopping = False
         self._resync_backoff: dict[str, tuple[Backoff | None, float]] = {}
         self._instruments_body = ""
+        self._sends: set[asyncio.Task] = set()
 
     # -- state -----------------------------------------------------------------
     @property
@@ -209,9 +210,18 @@ class ExchangeFeed:
         client = self._client
         for reply in out.replies:
             if client is not None and client.connected:
-                asyncio.get_running_loop().create_task(client.send(reply))
+                # Sent in the background: processing one record never waits on the socket.
+                task = asyncio.get_running_loop().create_task(client.send(reply))
+                self._sends.add(task)
+                task.add_done_callback(self._sent)
         for sync in out.resyncs:
             self._resync(sync)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self._sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The connection closed under the reply; the reconnect handles it.
+            log.debug("%s: reply not sent: %s", self.exchange, task.exception())
 
     async def snapshot_tick(self, local_ts: int) -> None:
         """Write a periodic snapshot of every synced book (journaled like a frame)."""
