@@ -71,6 +71,10 @@ class Output:
         return sum(len(r) for r in self.rows.values())
 
 
+#: An unsynced book asks for a snapshot again when none came this long (µs) after asking.
+SNAPSHOT_RETRY_US = 5_000_000
+
+
 class FeedProcessor:
     def __init__(
         self,
@@ -98,6 +102,8 @@ class FeedProcessor:
         self.connected = False
         self.last_ts: int | None = None
         self._raw: bytes = b""  # payload of the record being processed (for quarantine rows)
+        #: When each unsynced book last asked for a snapshot (record time, so recovery agrees).
+        self._snapshot_asked_at: dict[str, int] = {}
 
     def _make_books(self, natives: list[str]) -> None:
         """One book per subscribed symbol; a connect with another symbol set
@@ -172,6 +178,7 @@ class FeedProcessor:
         out.add_rows(INSTRUMENTS, [rows.instrument_row(self.exchange, s.symbol, n, ts) for n, s in self.books.items()])
         for sync in self.books.values():
             was_synced = sync.is_synced
+            self._snapshot_asked_at[sync.native_symbol] = ts  # the subscription brings (or asks for) one
             for event in sync.reset("new connection", ts, record=self.connections > 1):
                 self._record(event, out)
             if was_synced:
@@ -236,6 +243,14 @@ class FeedProcessor:
             out.unsynced.append(sync)
         if outcome.needs_resync:
             out.resyncs.append(sync)
+            self._snapshot_asked_at[sync.native_symbol] = msg.local_ts
+        elif not sync.is_synced and not msg.is_snapshot:
+            asked = self._snapshot_asked_at.get(sync.native_symbol, msg.local_ts)
+            if msg.local_ts - asked > SNAPSHOT_RETRY_US:
+                # Updates keep coming but the snapshot asked for never did (lost,
+                # or rejected as malformed): ask again rather than wait forever.
+                out.resyncs.append(sync)
+                self._snapshot_asked_at[sync.native_symbol] = msg.local_ts
 
     def _on_trade(self, trade: TradeEvent, out: Output) -> None:
         if trade.native_symbol not in self.books:

@@ -118,3 +118,17 @@ def test_a_frame_that_crosses_the_book_is_recorded_and_quarantined_with_its_reas
     assert row[names.index("raw")] == crossing.decode()
     assert processor.stats.crossed == 1 and processor.stats.rejected == 1
     assert processor.books["BTC-USDT"].is_synced  # the exchange's state is kept
+
+
+def test_a_book_whose_snapshot_never_comes_asks_again():
+    """A lost or rejected in-band snapshot must not leave the book unsynced forever."""
+    processor = FeedProcessor("okx", get_mapper("okx"), ["BTC-USDT"])
+    processor.process(Record(1, 0, Kind.CONNECT, "ws://a", b""))
+    update = (b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[{'
+              b'"asks":[["101","1","0","1"]],"bids":[],"ts":"1","checksum":0}]}')
+    early = processor.process(Record(2, 1_000_000, Kind.WS_TEXT, "", update))
+    assert early.resyncs == []  # the subscription's snapshot may still be on its way
+    late = processor.process(Record(3, 6_000_001, Kind.WS_TEXT, "", update))
+    assert [s.native_symbol for s in late.resyncs] == ["BTC-USDT"]
+    again = processor.process(Record(4, 7_000_000, Kind.WS_TEXT, "", update))
+    assert again.resyncs == []  # asked one second ago: wait for it
