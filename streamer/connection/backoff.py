@@ -25,3 +25,11 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Stateless variant for retry loops that count their own attempts:
+    exponential, capped, with jitter in [delay/2, delay] (never near zero,
+    so a down server is not hammered)."""
+    delay = min(cap, base * (2 ** min(attempt, 16)))
+    return delay * (0.5 + random.random() / 2)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import struct
 import time
 from collections import defaultdict
@@ -50,6 +49,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from ..connection.backoff import backoff_delay
 from ..config import Settings
 from ..contract import INGEST_CHECKPOINTS, TABLES, Table
 from ..errors import SinkError
@@ -135,11 +135,6 @@ class _Int2Marker:
 class _Int4Marker:
     pass
 
-
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter in [delay/2, delay]."""
-    delay = min(cap, base * (2 ** min(attempt, 16)))
-    return delay * (0.5 + random.random() / 2)
 
 
 def _jsonable(row: Sequence[Any]) -> list:
@@ -527,7 +522,7 @@ class PostgresSink:
                 await conn.close()
             except Exception:  # already broken; closing is best effort
                 pass
-        delay = _backoff(attempt, self.reconnect_base_delay, self.reconnect_max_delay)
+        delay = backoff_delay(attempt, self.reconnect_base_delay, self.reconnect_max_delay)
         log.warning(
             "PostgreSQL write failed (%s); %d rows buffered, retrying in %.2f s", self.last_error, self._buffered, delay
         )
@@ -549,7 +544,7 @@ class PostgresSink:
             except (psycopg.Error, OSError) as exc:
                 self.write_errors += 1
                 self.last_error = describe_error(exc)
-                delay = _backoff(attempt, self.reconnect_base_delay, self.reconnect_max_delay)
+                delay = backoff_delay(attempt, self.reconnect_base_delay, self.reconnect_max_delay)
                 log.warning("cannot connect to %s (%s); retrying in %.2f s",
                             self.settings.db.safe_description(), self.last_error, delay)
                 attempt += 1

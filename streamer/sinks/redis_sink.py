@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from typing import Any, Callable
@@ -35,6 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from ..connection.backoff import backoff_delay
 from ..config import Settings
 from ..contract import RedisKeys
 from ..models import ConnectionStatus, RawLevel, TradeEvent
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 BookKey = tuple[str, str]  # (exchange, symbol)
 
-
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    delay = min(cap, base * (2 ** min(attempt, 16)))
-    return delay * (0.5 + random.random() / 2)
 
 
 def book_json(
@@ -292,7 +288,7 @@ class RedisSink:
                 self._failures = 0
             except (RedisError, OSError) as exc:
                 self._flush_failed(exc)
-                await asyncio.sleep(_backoff(self._failures, self.reconnect_base_delay, self.reconnect_max_delay))
+                await asyncio.sleep(backoff_delay(self._failures, self.reconnect_base_delay, self.reconnect_max_delay))
                 self._failures += 1
             except Exception:  # a bug must not kill the cache silently; keep running and say so
                 self.errors += 1
