@@ -64,6 +64,11 @@ class Table:
     time_column: str | None = "local_ts"
     primary_key: tuple[str, ...] = ()
 
+    def __hash__(self) -> int:
+        # Tables key the per-record row dicts on the hot path; the generated
+        # hash would walk every column on each lookup. Names are unique.
+        return hash(self.name)
+
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]

@@ -76,6 +76,7 @@ class FeedDurability:
         self.recovered_records = 0
         self._recovery: asyncio.Task | None = None
         sink.commit_listeners.append(self._on_commit)
+        sink.before_checkpoint.append(self.journal.flush)
 
     # -- appending ---------------------------------------------------------------
     def append(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> Record:

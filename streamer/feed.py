@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds without a resync after which a symbol's resync backoff starts over.
 RESYNC_QUIET_PERIOD = 10.0
+#: Longest a frame waits for a crowded (slow but healthy) database before it is processed anyway.
+ROOM_WAIT_S = 1.0
 
 
 @dataclass
@@ -265,6 +267,10 @@ class ExchangeFeed:
     async def on_frame(self, raw: str | bytes, local_ts: int) -> None:
         self.status.frames += 1
         self.status.last_frame_us = local_ts
+        pg = self.outputs.pg
+        if pg.crowded():
+            # The database is up but behind: let it catch up rather than spill.
+            await pg.wait_for_room(ROOM_WAIT_S)
         await self._watch_budget(local_ts)
         if isinstance(raw, bytes):
             await self._record_and_process(local_ts, Kind.WS_BINARY, raw)

@@ -28,11 +28,8 @@ class Outputs:
         depth = self.redis_depth
         for sync, exchange_ts in out.changed.values():
             if sync.is_synced:
-                book = sync.book
-                redis.publish_book(
-                    sync.exchange, sync.symbol, sync.native_symbol,
-                    book.top("bid", depth), book.top("ask", depth), sync.last_seq, out.local_ts, exchange_ts,
-                )
+                # The sink reads the top levels when it writes (once per flush, not per record).
+                redis.publish_live_book(sync, depth, out.local_ts, exchange_ts)
         for trade in out.trades:
             redis.add_trade(trade)
 

@@ -13,7 +13,9 @@ import orjson
 import pytest
 import redis
 
+from streamer.book.sync import BookSync, SyncState
 from streamer.contract import RedisKeys
+from streamer.exchanges.binance.mapper import BinanceSyncRules
 from streamer.embedded import free_tcp_port, start_redis
 from streamer.models import ConnectionState, ConnectionStatus, TradeEvent
 from streamer.sinks.redis_sink import RedisSink
@@ -67,7 +69,8 @@ async def test_many_publishes_coalesce_into_one_write_of_the_latest_book(setting
     pubsub = redis_client.pubsub()
     pubsub.subscribe(keys.updates_channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    async with _sink(settings, flush_interval=3600) as sink:  # flush only when asked
+    # Flush only when asked: no timer, no wake-up on changes.
+    async with _sink(settings, flush_interval=3600, coalesce_delay=None) as sink:
         for seq in range(500):
             _publish(sink, seq)
         await sink.flush()
@@ -85,6 +88,44 @@ async def test_many_publishes_coalesce_into_one_write_of_the_latest_book(setting
     book = orjson.loads(redis_client.get(keys.book("binance", "BTC-USDT")))
     assert book["seq"] == 499 and book["bids"][0] == ["64000.10", "499.5"]
     assert redis_client.smembers(keys.books) == {"binance:BTC-USDT"}
+
+
+async def test_a_change_wakes_the_flusher_without_waiting_for_the_timer(settings, redis_client):
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings, flush_interval=3600) as sink:  # the timer alone would never flush
+        await asyncio.sleep(0.05)  # the start-up write is done; the flusher sleeps on its timer
+        _publish(sink, 7)
+        for _ in range(500):
+            if redis_client.get(keys.book("binance", "BTC-USDT")) is not None:
+                break
+            await asyncio.sleep(0.01)
+        book = orjson.loads(redis_client.get(keys.book("binance", "BTC-USDT")))
+        assert book["seq"] == 7
+
+
+async def test_a_live_book_is_read_when_written_and_visible_times_are_reported(settings, redis_client):
+    """publish_live_book copies nothing: the flush writes the book as it is then,
+    and the hook gets the receive times of the last and of the first change."""
+    keys = RedisKeys(settings.redis.prefix)
+    sync = BookSync("binance", "BTC-USDT", "BTCUSDT", BinanceSyncRules())
+    sync.state = SyncState.SYNCED
+    sync.last_seq = 10
+    seen = []
+    async with _sink(settings, flush_interval=3600, coalesce_delay=None) as sink:
+        sink.books_visible_hook = seen.extend
+        sync.book.apply_levels("bid", [("100.5", "1")])
+        sink.publish_live_book(sync, 50, T0 + 1, T0 - 5)
+        sync.book.apply_levels("ask", [("101", "2")])
+        sync.last_seq = 11
+        sink.publish_live_book(sync, 50, T0 + 2, T0 - 4)
+        await sink.flush()
+        sync.state = SyncState.AWAITING_SNAPSHOT  # left sync without a delete: never written as is
+        sink.publish_live_book(sync, 50, T0 + 3, T0 - 3)
+        await sink.flush()
+    book = orjson.loads(redis_client.get(keys.book("binance", "BTC-USDT")))
+    assert (book["bids"], book["asks"], book["seq"]) == ([["100.5", "1"]], [["101", "2"]], 11)
+    assert (book["local_ts"], book["exchange_ts"]) == (T0 + 2, T0 - 4)
+    assert seen == [(("binance", "BTC-USDT"), T0 + 2, T0 + 1)]
 
 
 async def test_book_document_follows_the_documented_layout(settings, redis_client):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from itertools import islice
-from math import isfinite
+from math import inf as _INF, isfinite
 from typing import Iterable, Iterator
 
 from sortedcontainers import SortedDict
@@ -106,17 +106,30 @@ class OrderBook:
             levels[key] = (price, size)
 
     def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
-        """Apply many ``(price, size)`` pairs of one side, in order."""
+        """Apply many ``(price, size)`` pairs of one side, in order.
+
+        The checks of :meth:`apply` are inlined: this loop runs once per level
+        of every frame. A level that is not a pair of finite, non-negative
+        decimal strings raises :class:`~streamer.errors.InvalidValueError`
+        (the levels before it stay applied; :class:`~streamer.book.sync.BookSync`
+        then drops the book and resyncs).
+        """
         book = self._side(side)
-        sign = -1.0 if side == "bid" else 1.0
+        bid = side == "bid"
         pop = book.pop
         for price, size in levels:
-            p = _number(price, "price")
-            s = _number(size, "size")
+            if type(price) is not str or type(size) is not str:
+                raise InvalidValueError(f"price and size must be decimal strings, got {(price, size)!r}"[:300])
+            p = float(price)  # ValueError for text that is no number
+            s = float(size)
+            # Chained comparisons are False for NaN, so NaN fails here too.
+            if not (0.0 <= p < _INF and 0.0 <= s < _INF):
+                raise InvalidValueError(f"price and size must be finite and non-negative, got {(price, size)!r}"[:300])
+            key = -p if bid else p
             if s == 0.0:
-                pop(sign * p, None)
+                pop(key, None)
             else:
-                book[sign * p] = (price, size)
+                book[key] = (price, size)
 
     def clear(self) -> None:
         self._bids.clear()

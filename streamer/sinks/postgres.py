@@ -179,10 +179,24 @@ class PostgresSink:
         self._committed: dict[str, int] = {}  # stream -> checkpoint stored in PostgreSQL
         self._spilled: set[str] = set()  # streams whose rows recovery re-derives from the journal
         self.commit_listeners: list[Callable[[str, int], None]] = []
+        #: Called before each transaction that stores checkpoints: journals write
+        #: what they have collected, so no checkpoint names an unwritten record.
+        self.before_checkpoint: list[Callable[[], None]] = []
         self._tables: dict[str, Table] = {t.name: t for t in TABLES}
         self._buffered = 0
         self._has_space = asyncio.Event()
         self._has_space.set()
+        # Set while the buffers are below half of max_buffered_rows (see wait_for_room).
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        #: True from a failed write until the next successful one.
+        self.failing = False
+        # Rows of the transaction being written (counted in _buffered until it commits).
+        self._in_flight = 0
+        #: Rows a feed may add while a write is in flight before it waits for the
+        #: database (see wait_for_room): two batches keep the next write ready and
+        #: the database busy while the feed works, with memory far below the limit.
+        self.room_rows = min(self.max_buffered_rows // 2, 2 * self.batch_size)
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection | None = None
@@ -368,6 +382,28 @@ class PostgresSink:
             raise RecoveryInterrupted(f"{stream}: buffers spilled during recovery")
         self._append_stream_rows(stream, seq, rows)
 
+    def crowded(self) -> bool:
+        """The next write's rows are ready (``room_rows`` of them, besides the
+        write in flight) and the database is healthy."""
+        return self._buffered - self._in_flight >= self.room_rows and not self.failing and not self._closed
+
+    async def wait_for_room(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds until the sink has taken the waiting rows.
+
+        A feed calls this when :meth:`crowded`: the database is up but slower
+        than the exchange, and the sink only gets to write while the feed
+        awaits. Throttling reception lets the rows reach the database instead
+        of spilling them to be re-derived later (which costs the processing
+        twice). A database that is down fails its writes, stops being
+        :meth:`crowded`, and the feed never waits on it.
+        """
+        self._has_room.clear()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._has_room.wait(), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+
     def _append_stream_rows(self, stream: str, seq: int, rows: Mapping[Table, list[tuple]]) -> None:
         count = 0
         buffers = self._stream_buffers
@@ -396,9 +432,13 @@ class PostgresSink:
     async def _flush_streams(self) -> None:
         if not self._marks:
             return
+        for hook in self.before_checkpoint:
+            hook()
         buffers, marks = self._stream_buffers, self._marks
         self._stream_buffers, self._marks = {t.name: [] for t in TABLES}, {}
         count = sum(len(b) for b in buffers.values())
+        self._in_flight = count
+        self._has_room.set()  # the feed may gather the next transaction's rows meanwhile
         attempt = 0
         while True:
             try:
@@ -414,6 +454,7 @@ class PostgresSink:
                         await self._store_checkpoints(cur, marks)
                 self.last_flush_latency = time.perf_counter() - started
                 self.batches += 1
+                self.failing = False
                 for name, rows in buffers.items():
                     self.rows_written[name] += len(rows)
                 break
@@ -434,6 +475,7 @@ class PostgresSink:
                 await self._connection_failed(exc, attempt)
             attempt += 1
         self._committed.update(marks)
+        self._in_flight = 0
         self._release(count)
         for stream, seq in marks.items():
             for listener in self.commit_listeners:
@@ -515,6 +557,8 @@ class PostgresSink:
 
     async def _connection_failed(self, exc: BaseException, attempt: int) -> None:
         self.write_errors += 1
+        self.failing = True
+        self._has_room.set()  # nobody waits on a database that is down
         self.last_error = describe_error(exc)
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -532,6 +576,8 @@ class PostgresSink:
         self._buffered -= count
         if self._buffered < self.max_buffered_rows:
             self._has_space.set()
+        if self._buffered - self._in_flight < self.room_rows:
+            self._has_room.set()
 
     async def _ensure_connection(self) -> psycopg.AsyncConnection:
         attempt = 0
@@ -602,6 +648,7 @@ class PostgresSink:
                         for row in batch:
                             await copy.write_row(row)
         self.batches += 1
+        self.failing = False
         self.rows_written[table.name] += len(batch)
 
     @staticmethod

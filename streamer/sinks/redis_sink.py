@@ -2,12 +2,18 @@
 
 Key layout: :class:`streamer.contract.RedisKeys` (fixed there).
 
-Writes are **coalesced**: :meth:`RedisSink.publish_book` only records the
-latest top levels of a book and marks it dirty; a background flush (every
-``flush_interval`` seconds, 50 ms by default, or :meth:`RedisSink.flush`)
-writes each dirty book once, in one pipeline with the pending trades and
-statuses. A symbol that changes 200 times between two flushes costs one
-``SET`` + ``SADD`` + ``PUBLISH``, not 200.
+Writes are **coalesced**: :meth:`RedisSink.publish_live_book` only marks a
+book dirty (its top levels are read from the book when the flush writes it,
+so a book that changes many times costs one read), and
+:meth:`RedisSink.publish_book` records given levels. A background flush writes
+each dirty book once, in one pipeline with the pending trades and statuses.
+The first change after a flush wakes the flusher, which waits
+``coalesce_delay`` (1 ms by default) for more changes to gather and then
+writes: a book is visible in Redis a few milliseconds after its frame
+arrived, and a symbol that changes 200 times within one flush costs one
+``SET`` + ``SADD`` + ``PUBLISH``, not 200. Under load the flushes run back
+to back and each carries more books. Without changes the flusher wakes every
+``flush_interval`` seconds to check Redis's health.
 
 Redis is a cache, PostgreSQL the system of record, so Redis trouble never
 reaches the caller: the public methods are synchronous, never block and never
@@ -83,6 +89,16 @@ def trade_fields(trade: TradeEvent) -> dict[str, str]:
     }
 
 
+def _levels_now(entry: tuple) -> tuple:
+    """The :func:`book_json` arguments of a book entry; a live book's levels are read now."""
+    live = entry[8]
+    if live is None:
+        return entry[:8]
+    sync, depth = live
+    book = sync.book
+    return (*entry[:3], book.top("bid", depth), book.top("ask", depth), sync.last_seq, entry[6], entry[7])
+
+
 class RedisSink:
     """Coalescing, never-blocking writer of the live cache."""
 
@@ -91,6 +107,7 @@ class RedisSink:
         settings: Settings,
         *,
         flush_interval: float = 0.05,
+        coalesce_delay: float | None = 0.001,
         pending_trades_per_stream: int | None = None,
         reconnect_base_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
@@ -100,6 +117,9 @@ class RedisSink:
         self.settings = settings
         self.keys = RedisKeys(settings.redis.prefix)
         self.flush_interval = flush_interval
+        #: Seconds a change waits for others to join its write; None: no wake-up
+        #: on changes, only the ``flush_interval`` timer (and :meth:`flush`).
+        self.coalesce_delay = coalesce_delay
         self.pending_trades_per_stream = pending_trades_per_stream or settings.trade_stream_maxlen
         self.stream_maxlen = settings.trade_stream_maxlen
         self.reconnect_base_delay = reconnect_base_delay
@@ -109,10 +129,14 @@ class RedisSink:
         self._last_round_trip = 0.0
 
         # Latest state: what Redis must hold (rewritten in full after a reconnect).
+        # A book entry is the arguments of :func:`book_json`, or for a live book
+        # (exchange, symbol, native, None, None, None, local_ts, exchange_ts, (sync, depth)):
+        # its levels and sequence are read from the book at flush time.
         self._books: dict[BookKey, tuple] = {}
         self._statuses: dict[str, dict[str, str]] = {}
-        # What the next flush must write.
-        self._dirty_books: set[BookKey] = set()
+        # What the next flush must write: dirty books with the receive time of
+        # their first change since the last flush (how long a change waited).
+        self._dirty_books: dict[BookKey, int] = {}
         self._deleted_books: set[BookKey] = set()
         self._dirty_statuses: set[str] = set()
         self._trades: dict[BookKey, deque[dict[str, str]]] = {}
@@ -139,9 +163,11 @@ class RedisSink:
         self.last_flush_latency: float | None = None
         self.last_error: str | None = None
         #: Optional instrumentation (off by default; the benchmarks set it): called
-        #: right after Redis acknowledged a flush, with ``((exchange, symbol), local_ts)``
-        #: of every book it wrote, so receipt-to-visible latency can be measured.
-        self.books_visible_hook: Callable[[list[tuple[BookKey, int]]], None] | None = None
+        #: right after Redis acknowledged a flush, with ``((exchange, symbol),
+        #: local_ts, first_local_ts)`` of every book it wrote (the receive times of
+        #: the frame that last changed it and of the oldest change it carries), so
+        #: receipt-to-visible latency can be measured.
+        self.books_visible_hook: Callable[[list[tuple[BookKey, int, int]]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -215,8 +241,28 @@ class RedisSink:
     ) -> None:
         """Record the latest top levels (best first) of a synchronised book."""
         key = (exchange, symbol)
-        self._books[key] = (exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts)
-        self._dirty_books.add(key)
+        self._books[key] = (exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts, None)
+        self._mark_dirty(key, local_ts)
+
+    def publish_live_book(self, sync: Any, depth: int, local_ts: int, exchange_ts: int | None) -> None:
+        """A synchronised book changed (``sync`` is its :class:`~streamer.book.sync.BookSync`).
+
+        Nothing is copied now: the flush reads the best ``depth`` levels and the
+        sequence from the book, which by then holds every change up to the
+        newest ``local_ts``. The caller publishes each change of the book and
+        calls :meth:`delete_book` when it leaves sync.
+        """
+        key = (sync.exchange, sync.symbol)
+        self._books[key] = (sync.exchange, sync.symbol, sync.native_symbol, None, None, None, local_ts, exchange_ts,
+                            (sync, depth))
+        self._mark_dirty(key, local_ts)
+
+    def _mark_dirty(self, key: BookKey, local_ts: int) -> None:
+        dirty = self._dirty_books
+        if key not in dirty:
+            dirty[key] = local_ts
+            if self.coalesce_delay is not None and not self._wake.is_set():
+                self._wake.set()
         self._deleted_books.discard(key)
         self.book_publishes += 1
 
@@ -224,7 +270,7 @@ class RedisSink:
         """The book is resynchronising: remove it so no stale book is served."""
         key = (exchange, symbol)
         self._books.pop(key, None)
-        self._dirty_books.discard(key)
+        self._dirty_books.pop(key, None)
         self._deleted_books.add(key)
         self._wake.set()  # a stale book should disappear as soon as possible
 
@@ -279,6 +325,9 @@ class RedisSink:
                 pass
             self._wake.clear()
             try:
+                if self.coalesce_delay and self._has_work():
+                    # Let the changes of the next frames join this write.
+                    await asyncio.sleep(self.coalesce_delay)
                 if not self._has_work():
                     await self._check_health()
                     continue
@@ -322,12 +371,12 @@ class RedisSink:
             # Take what is pending now; producers keep adding while we await.
             resync, self._resync = self._resync, False
             if resync:
-                dirty_books = set(self._books)
+                dirty_books = {key: self._dirty_books.get(key, entry[6]) for key, entry in self._books.items()}
                 dirty_statuses = set(self._statuses)
                 self._dirty_books.clear()
                 self._dirty_statuses.clear()
             else:
-                dirty_books, self._dirty_books = self._dirty_books, set()
+                dirty_books, self._dirty_books = self._dirty_books, {}
                 dirty_statuses, self._dirty_statuses = self._dirty_statuses, set()
             deleted, self._deleted_books = self._deleted_books, set()
             trades, self._trades = self._trades, {}
@@ -358,16 +407,22 @@ class RedisSink:
             pipe.delete(keys.book(exchange, symbol))
             pipe.srem(keys.books, f"{exchange}:{symbol}")
         written = 0
-        for key in dirty_books:
+        hook = self.books_visible_hook
+        visible: list[tuple[BookKey, int, int]] = []
+        for key, first_ts in dirty_books.items():
             args = self._books.get(key)
             if args is None:  # deleted since it was marked dirty
                 continue
+            if args[8] is not None and not args[8][0].is_synced:
+                continue  # left sync; its delete is pending and it is republished once synced again
             exchange, symbol = key
             member = f"{exchange}:{symbol}"
-            pipe.set(keys.book(exchange, symbol), book_json(*args))
+            pipe.set(keys.book(exchange, symbol), book_json(*_levels_now(args)))
             pipe.sadd(keys.books, member)
             pipe.publish(keys.updates_channel, member)
             written += 1
+            if hook is not None:
+                visible.append((key, args[6], first_ts))
         for (exchange, symbol), entries in trades.items():
             stream = keys.trades(exchange, symbol)
             for fields in entries:
@@ -378,9 +433,6 @@ class RedisSink:
                 pipe.hset(keys.status(exchange), mapping=status)
         if not len(pipe):
             return 0, False
-        hook = self.books_visible_hook
-        # Taken before the await: producers may publish newer versions meanwhile.
-        visible = None if hook is None else [(key, self._books[key][6]) for key in dirty_books if key in self._books]
         await pipe.execute()
         if hook is not None:
             hook(visible)
@@ -389,7 +441,11 @@ class RedisSink:
     def _restore(self, dirty_books, deleted, dirty_statuses, trades, resync) -> None:
         """Put back what a failed flush did not write, newest state winning."""
         self._resync = self._resync or resync
-        self._dirty_books |= {k for k in dirty_books if k in self._books}
+        for key, first_ts in dirty_books.items():
+            if key in self._books:
+                # The older first-change time wins: that change has waited longest.
+                newer = self._dirty_books.get(key)
+                self._dirty_books[key] = first_ts if newer is None else min(first_ts, newer)
         self._dirty_statuses |= dirty_statuses
         # A book deleted before the failed flush stays deleted unless republished since.
         self._deleted_books |= {k for k in deleted if k not in self._books}

@@ -67,26 +67,16 @@ class LatencyProbe:
     def __init__(self, sink) -> None:
         self.latest_us: list[int] = []
         self.oldest_us: list[int] = []
-        self._first_pending: dict = {}
         self.active = False
-        publish = sink.publish_book
-        pending = self._first_pending
-
-        def publish_book(exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts):
-            pending.setdefault((exchange, symbol), local_ts)
-            publish(exchange, symbol, native_symbol, bids, asks, seq, local_ts, exchange_ts)
-
-        sink.publish_book = publish_book
         sink.books_visible_hook = self._visible
 
     def _visible(self, written) -> None:
+        if not self.active:
+            return
         now = now_us()
-        pending = self._first_pending
-        for key, local_ts in written:
-            first = pending.pop(key, local_ts)
-            if self.active:
-                self.latest_us.append(now - local_ts)
-                self.oldest_us.append(now - first)
+        for _key, local_ts, first_ts in written:
+            self.latest_us.append(now - local_ts)
+            self.oldest_us.append(now - first_ts)
 
     def summary(self) -> dict:
         out: dict = {"latency_samples": len(self.latest_us)}
