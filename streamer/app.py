@@ -21,6 +21,7 @@ from .config import Settings
 from .connection.clock import now_us
 from .durability import FeedDurability
 from .exchanges.registry import get_mapper
+from .gc_tuning import tune_for_streaming
 from .feed import ExchangeFeed, FeedConfig
 from .outputs import Outputs
 from .sinks.postgres import PostgresSink
@@ -107,6 +108,7 @@ class Streamer:
             self.feeds.append(feed)
         self.snapshotter = Snapshotter(self.feeds, interval=self.settings.snapshot_interval)
         self.watchdog = MemoryWatchdog(self.feeds, limit_mb=self.settings.max_memory_mb)
+        tune_for_streaming()  # set up: keep the collector's pauses off the frames from here on
         self.started_us = now_us()
         for feed in self.feeds:
             self._tasks.append(asyncio.create_task(feed.run(), name=f"feed-{feed.exchange}"))

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=5, help="runs per figure (median, min and max are reported)")
     bench.add_argument("--quick", action="store_true", help="small inputs, results to <suite>.quick.jsonl")
     bench.add_argument("--rows", type=int, help="pipeline: snapshot rows of the synthetic hour (default 10 million)")
+    bench.add_argument("--cases", help="streamer: case groups to run, comma-separated "
+                                       "(e2e, paced, sim, scale, soak; default all but soak)")
+    bench.add_argument("--soak-seconds", type=float, help="streamer: length of the soak run (default 600)")
     bench.add_argument("--results", metavar="DIR", default="bench/results", help="where the .jsonl files go")
     return parser
 

@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 SUFFIX = ".jnl"
 
 
+def _fsync_quietly(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # the descriptor was closed meanwhile (segment switch); that fsync'd it
+        log.debug("journal fsync skipped: %s", exc)
+
+
 class Journal:
     def __init__(
         self,
@@ -61,6 +68,7 @@ class Journal:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._fsync_pending: asyncio.Future | None = None
         self._fd: int | None = None
         self._segment_size = 0
         self._last_fsync = time.monotonic()
@@ -159,8 +167,23 @@ class Journal:
             os.write(self._fd, data)
         now = time.monotonic()
         if now - self._last_fsync >= self.fsync_interval and self._fd is not None:
-            os.fsync(self._fd)
             self._last_fsync = now
+            self._fsync_soon()
+
+    def _fsync_soon(self) -> None:
+        """fsync the segment being written: in a thread inside an event loop
+        (an fsync can take many milliseconds, and the loop must keep serving
+        the feed and the live cache), at once outside one."""
+        fd = self._fd
+        assert fd is not None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            os.fsync(fd)
+            return
+        if self._fsync_pending is not None and not self._fsync_pending.done():
+            return  # one at a time; the next flush asks again
+        self._fsync_pending = loop.run_in_executor(None, _fsync_quietly, fd)
 
     def sync(self) -> None:
         self.flush()

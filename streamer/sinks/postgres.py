@@ -141,6 +141,24 @@ def _jsonable(row: Sequence[Any]) -> list:
     return [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in row]
 
 
+#: Rows formatted for COPY between two yields to the event loop.
+COPY_YIELD_ROWS = 500
+
+
+async def _write_rows(copy, rows: list[tuple]) -> None:
+    """Feed ``rows`` to a COPY, yielding to the event loop every ``COPY_YIELD_ROWS``.
+
+    Formatting a row runs in this process; a batch of thousands would hold the
+    loop for milliseconds, and the feed and the Redis flush (the live cache's
+    latency) wait meanwhile.
+    """
+    write_row = copy.write_row
+    for start in range(0, len(rows), COPY_YIELD_ROWS):
+        for row in rows[start:start + COPY_YIELD_ROWS]:
+            await write_row(row)
+        await asyncio.sleep(0)
+
+
 class RecoveryInterrupted(SinkError):
     """A spill dropped rows a recovery had buffered: the recovery starts over."""
 
@@ -488,8 +506,7 @@ class PostgresSink:
         for start in range(0, len(rows), self.batch_size):
             async with cur.copy(self._copy_statement(table)) as copy:
                 copy.set_types([c.pg_type for c in table.columns])
-                for row in rows[start : start + self.batch_size]:
-                    await copy.write_row(row)
+                await _write_rows(copy, rows[start : start + self.batch_size])
 
     async def _store_checkpoints(self, cur, marks: Mapping[str, int]) -> None:
         statement = sql.SQL(
@@ -645,8 +662,7 @@ class PostgresSink:
                 else:
                     async with cur.copy(self._copy_statement(table)) as copy:
                         copy.set_types([c.pg_type for c in table.columns])
-                        for row in batch:
-                            await copy.write_row(row)
+                        await _write_rows(copy, batch)
         self.batches += 1
         self.failing = False
         self.rows_written[table.name] += len(batch)

@@ -11,6 +11,9 @@ loop the socket stays open, as the plain replay does.
 
 The cost this adds to the measurement is one reconnect (and, for Binance, one
 REST snapshot) per loop, exactly what a real reconnect costs.
+
+``rate`` paces the frames at a constant number per second (latency at a known
+offered load) instead of as fast as the client reads.
 """
 
 from __future__ import annotations
@@ -28,10 +31,16 @@ class LoopedCaptureBackend(CaptureReplayBackend):
     """:class:`CaptureReplayBackend` that closes each connection after the
     whole session was sent, ``loops`` times; the client's reconnect starts the next loop."""
 
-    def __init__(self, capture: Capture, *, loops: int, protocol: str | None = None) -> None:
+    def __init__(self, capture: Capture, *, loops: int, protocol: str | None = None,
+                 rate: float | None = None) -> None:
         if loops < 1:
             raise ValueError(f"loops must be at least 1, got {loops}")
+        if rate is not None and not rate > 0:
+            raise ValueError(f"rate must be a positive number of frames per second, got {rate!r}")
         super().__init__(capture, speed=None, protocol=protocol)
+        if rate is not None:
+            # Paced at a constant offered load (not the recorded gaps): frame i is due at i / rate.
+            self._offsets = [i / rate for i in range(self.frame_count)]
         self.loops = loops
         self.loops_done = 0
         #: Set once every loop has been delivered to the client.

@@ -4,7 +4,7 @@ Serving from a separate process keeps the exchange's CPU out of the
 streamer's measurement (the streamer process's CPU time and peak RSS are its
 own) and gives each side a core of its own on a two-core machine.
 
-    python -m streamer.bench.e2e.serve capture FILE --loops N
+    python -m streamer.bench.e2e.serve capture FILE --loops N [--rate FRAMES_PER_S]
     python -m streamer.bench.e2e.serve simulate --exchanges okx --symbols 100 --rate 50 [--max-speed]
 
 Prints one JSON line when listening (URLs, native symbols, frames to
@@ -61,10 +61,10 @@ async def _until_stdin_closes() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-async def serve_capture(path: Path, loops: int) -> None:
+async def serve_capture(path: Path, loops: int, rate: float | None = None) -> None:
     capture = load_capture(path)
     protocol = protocol_of(capture)
-    backend = LoopedCaptureBackend(capture, loops=loops, protocol=protocol)
+    backend = LoopedCaptureBackend(capture, loops=loops, protocol=protocol, rate=rate)
     async with LocalExchangeServer(backend) as server:
         _emit({
             "feeds": [{
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     cap = sub.add_parser("capture")
     cap.add_argument("file", type=Path)
     cap.add_argument("--loops", type=int, default=1)
+    cap.add_argument("--rate", type=float, help="frames per second (default: as fast as the client reads)")
     sim = sub.add_parser("simulate")
     sim.add_argument("--exchanges", default="okx")
     sim.add_argument("--symbols", type=int, default=3)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--max-speed", action="store_true", help="as fast as the client reads (backpressure)")
     args = parser.parse_args(argv)
     if args.mode == "capture":
-        asyncio.run(serve_capture(args.file, args.loops))
+        asyncio.run(serve_capture(args.file, args.loops, args.rate))
     else:
         protocols = [p.strip() for p in args.exchanges.split(",") if p.strip()]
         asyncio.run(serve_simulated(protocols, args.symbols, args.rate, args.max_speed))

@@ -7,6 +7,8 @@ Cases (each run is a fresh streamer process against a fresh exchange process):
   book sync with checksums, PostgreSQL COPY and Redis;
 * ``sim.okx.rate<R>``: the simulated OKX market paced in real time at rising
   rates (latency at a known offered load);
+* ``paced.<capture>.rate10000``: the Kraken and OKX captures looped and
+  served at a constant 10,000 frames/s (latency at the target's load);
 * ``scale.<exchanges>.<N>sym``: simulated markets as fast as the streamer
   reads (backpressure), 10/100/1,000 symbols, one and three exchanges;
 * ``floor.parse.<capture>``, ``floor.processor.<capture>``, ``floor.copy``:
@@ -46,6 +48,16 @@ BENCH_PREFIX = "cobybench:e2e:"
 #: Frames per end-to-end capture run: loops of the capture until at least this many.
 TARGET_FRAMES = 40_000
 QUICK_FRAMES = 1_000
+#: Offered load of the paced capture cases (the latency target is stated at 10k frames/s).
+PACED_RATE = 10_000
+PACED_CAPTURES = ("kraken-spot", "okx")
+#: Case groups: e2e (looped captures + floors), paced (captures at 10k frames/s), sim (simulator in real
+#: time), scale (simulator as fast as the streamer reads), soak (RSS over a long full-speed run).
+GROUPS = ("e2e", "paced", "sim", "scale", "soak")
+DEFAULT_GROUPS = ("e2e", "paced", "sim", "scale")
+#: Capture of the soak run, and how its RSS drift is judged: after this warm-up.
+SOAK_CAPTURE = "okx"
+SOAK_WARMUP_S = 60.0
 
 
 @dataclass
@@ -57,6 +69,10 @@ class Options:
     #: Which captures run end to end, and whether the simulator and scale cases run.
     captures: tuple[str, ...] = CAPTURES
     simulated: bool = True
+    #: Case groups to run (see GROUPS); the soak is not in the default set (it takes 10 minutes).
+    groups: tuple[str, ...] = DEFAULT_GROUPS
+    #: Seconds of the soak run.
+    soak_seconds: float = 600.0
     #: Servers (default: from the environment, embedded when unset) and the benchmark's own namespace.
     settings: Settings | None = None
     db_name: str = BENCH_DB
@@ -137,6 +153,14 @@ def _figures_of(prefix: str, results: list[dict], command: str, **extra) -> list
             out.append(figure(f"{prefix}.latency_oldest_{label}_ms", values, "ms", command,
                               definition="oldest frame coalesced into the flushed book -> acknowledged by Redis",
                               **base))
+    for key, definition in (
+        ("loop_lag_p99_ms", "event-loop lag: how late a 1 ms sleeper wakes, p99"),
+        ("loop_lag_max_ms", "event-loop lag, maximum"),
+        ("gc_pause_max_ms", "longest garbage-collector pause in the window"),
+    ):
+        values = col(key)
+        if any(v is not None for v in values):
+            out.append(figure(f"{prefix}.{key}", values, "ms", command, definition=definition, **base))
     checks = [r.get("counters", {}) for r in results]
     out[0]["checksum_ok"] = [c.get("checksum_ok") for c in checks]
     out[0]["checksum_failed"] = [c.get("checksum_failed") for c in checks]
@@ -167,7 +191,7 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
         # 1. End to end on the looped captures, and the floors on the same frames.
         e2e_rates: dict[str, float] = {}
         e2e_level_rates: dict[str, float] = {}
-        for name in options.captures:
+        for name in options.captures if "e2e" in options.groups else ():
             path = folder / f"{name}.session1.jsonl.gz"
             if not path.exists():
                 log.warning("capture %s not found; skipping its cases", path)
@@ -207,7 +231,8 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
 
         # 1b. The simulator at rising real-time rates: latency at a known load.
         duration = 2.0 if options.quick else 8.0
-        sim_rates = () if not options.simulated else (50,) if options.quick else (50, 200, 500, 1000)
+        sim_rates = () if not (options.simulated and "sim" in options.groups) else (
+            (50,) if options.quick else (50, 200, 500, 1000))
         for rate in sim_rates:
             results = [harness.run_case(["simulate", "--exchanges", "okx", "--symbols", "10", "--rate", str(rate)],
                                         expect=False, duration=duration, warmup=1.0)
@@ -215,8 +240,26 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
             add(_figures_of(f"sim.okx.10sym.rate{rate}", results, cmd, symbols=10, rate_per_symbol=rate,
                             duration_s=duration, paced="real time"))
 
+        # 1c. Captures paced at a constant frame rate: receipt-to-Redis latency at 10k frames/s.
+        paced_rates = (PACED_RATE,)
+        paced = options.captures if not options.quick else options.captures[:1]
+        for name in paced if "paced" in options.groups else ():
+            path = folder / f"{name}.session1.jsonl.gz"
+            if name not in PACED_CAPTURES or not path.exists():
+                continue
+            frames_per_loop = len(floors.capture_frames(path))
+            for rate in paced_rates:
+                # Enough loops for warm-up and duration, with a margin: the run ends at its duration.
+                loops = max(1, int(-(-(duration + 3.0) * rate // frames_per_loop)))
+                results = [harness.run_case(["capture", str(path), "--loops", str(loops), "--rate", str(rate)],
+                                            expect=False, duration=duration, warmup=1.0)
+                           for _ in range(runs)]
+                add(_figures_of(f"paced.{name}.rate{rate}", results, cmd, offered_frames_per_s=rate,
+                                duration_s=duration, loops=loops, frames_per_loop=frames_per_loop,
+                                paced="constant frame rate, looped capture"))
+
         # 6. Scale: as fast as the streamer reads, more symbols, more exchanges.
-        scale_cases = [] if not options.simulated else [("okx", 10)] if options.quick else [
+        scale_cases = [] if not (options.simulated and "scale" in options.groups) else [("okx", 10)] if options.quick else [
             ("okx", 10), ("okx", 100), ("okx", 1000), ("binance,kraken,okx", 10), ("binance,kraken,okx", 100),
         ]
         for exchanges, symbols in scale_cases:
@@ -227,18 +270,66 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
             label = exchanges.replace(",", "+")
             add(_figures_of(f"scale.{label}.{symbols}sym", results, cmd, symbols=symbols, exchanges=exchanges,
                             duration_s=duration, paced="as fast as the streamer reads (server backpressure)"))
+
+        # 7. Soak: one long run at full speed; RSS sampled every half second.
+        soak_path = folder / f"{SOAK_CAPTURE}.session1.jsonl.gz"
+        if "soak" in options.groups and soak_path.exists():
+            add(soak_figures(harness, soak_path, options.soak_seconds, cmd))
     return figures
 
 
+def soak_figures(harness: Harness, path: Path, seconds: float, command: str) -> list[dict]:
+    """One run of ``seconds`` at full speed (the capture looped on reconnects); RSS drift after warm-up.
+
+    ``rss_growth`` is (the highest RSS after the warm-up) / (RSS at the end of
+    the warm-up) - 1: the target is a flat RSS, within 20 %.
+    """
+    frames_per_loop = len(floors.capture_frames(path))
+    loops = 1_000_000  # more than any run can use: the run ends at its duration
+    result = harness.run_case(["capture", str(path), "--loops", str(loops)], expect=False, duration=seconds,
+                              warmup=0.0, timeout=seconds + 120)
+    samples = result["rss_mb"]  # one per 0.5 s from the first frame
+    warm = int(min(SOAK_WARMUP_S, seconds / 4) * 2)
+    base = samples[warm] if len(samples) > warm else samples[-1]
+    after = samples[warm:] or samples[-1:]
+    growth = max(after) / base - 1
+    extra = dict(case="soak", capture=path.name, duration_s=seconds, frames_per_loop=frames_per_loop,
+                 warmup_s=warm / 2, rss_mb_samples=samples[::20], rss_mb_at_warmup=base, rss_mb_end=samples[-1],
+                 frames=result["frames"], counters=result.get("counters", {}))
+    name = f"soak.{path.name.split('.')[0]}.{int(seconds)}s"
+    return [
+        figure(f"{name}.rss_growth", [growth], "fraction", command,
+               definition="max RSS after warm-up / RSS at end of warm-up - 1", **extra),
+        figure(f"{name}.peak_rss_mb", [result["peak_rss_mb"]], "MB", command, case="soak"),
+        figure(f"{name}.frames_per_s", [result["frames_per_s"]], "frames/s", command, case="soak"),
+        figure(f"{name}.cpu_s_per_100k_frames", [result["cpu_s_per_100k_frames"]], "cpu s", command, case="soak"),
+    ]
+
+
 def main(args) -> int:
-    """Entry point of ``coby bench streamer``: figures as JSON lines on stdout and in ``bench/results``."""
+    """Entry point of ``coby bench streamer``: figures as JSON lines on stdout and in ``bench/results``.
+
+    ``--cases e2e,paced,...`` runs only those groups (results then go to
+    ``streamer.<groups>.jsonl``); ``--cases soak`` is the 10-minute RSS run
+    (``--soak-seconds`` changes its length).
+    """
     runs = getattr(args, "runs", None) or 5
     quick = bool(getattr(args, "quick", False))
-    command = "coby bench streamer --json" + (f" --runs {runs}" if runs != 5 else "") + (" --quick" if quick else "")
+    cases = getattr(args, "cases", None)
+    groups = DEFAULT_GROUPS if not cases else tuple(c.strip() for c in cases.split(",") if c.strip())
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        print(f"coby bench streamer: unknown case group(s) {unknown}; choose from {list(GROUPS)}", file=sys.stderr)
+        return 2
+    soak_seconds = float(getattr(args, "soak_seconds", None) or 600.0)
+    command = ("coby bench streamer --json" + (f" --runs {runs}" if runs != 5 else "") + (" --quick" if quick else "")
+               + (f" --cases {','.join(groups)}" if cases else "")
+               + (f" --soak-seconds {soak_seconds:g}" if "soak" in groups and soak_seconds != 600.0 else ""))
     out_dir = Path(getattr(args, "results", None) or "bench/results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # A quick run never overwrites the real figures.
-    target = out_dir / (f"{SUITE}.quick.jsonl" if quick else f"{SUITE}.jsonl")
+    # A quick run never overwrites the real figures; a partial set of groups has its own file.
+    stem = SUITE + ("" if not cases else "." + "+".join(groups)) + (".quick" if quick else "")
+    target = out_dir / f"{stem}.jsonl"
     partial = target.with_suffix(".jsonl.partial")
     with partial.open("w", encoding="utf-8") as sink:
         def emit(item: dict) -> None:
@@ -251,6 +342,6 @@ def main(args) -> int:
                 print(f"{item['name']}: {item['median']:.4g} {item['unit']} "
                       f"(min {item['min']:.4g}, max {item['max']:.4g}, {item['runs']} runs)", flush=True)
 
-        run_suite(Options(runs=runs, quick=quick, command=command), emit)
+        run_suite(Options(runs=runs, quick=quick, command=command, groups=groups, soak_seconds=soak_seconds), emit)
     partial.replace(target)  # a complete run replaces the previous results, an interrupted one does not
     return 0

@@ -15,6 +15,8 @@ and prints one JSON line of measurements:
   (PostgreSQL's and Redis's own server CPU is not included);
 * peak RSS is this process's high-water mark (``VmHWM``); ``rss_mb`` is sampled each
   half second for drift;
+* event-loop lag (how late a 1 ms sleeper wakes) and garbage-collector
+  pauses, which show what holds frames up besides the sinks;
 * latency: for every book Redis acknowledged, the time from the receipt of
   the frame that last changed it (``latest``) and of the oldest frame that
   changed it since the previous flush (``oldest``) to the acknowledgement.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import resource
 import sys
 import time
@@ -89,6 +92,49 @@ class LatencyProbe:
         return out
 
 
+class LoopWatch:
+    """Where latency goes besides the sinks: how late the event loop wakes a 1 ms
+    sleeper (anything that holds the loop delays every frame behind it), and the
+    garbage collector's pauses."""
+
+    INTERVAL_S = 0.001
+
+    def __init__(self) -> None:
+        self.lags_us: list[int] = []
+        self.gc_pauses_us: list[int] = []
+        self._gc_started = 0.0
+        self.active = False
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self.active:
+            self.gc_pauses_us.append(int((time.perf_counter() - self._gc_started) * 1e6))
+
+    async def run(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        try:
+            while True:
+                started = time.perf_counter()
+                await asyncio.sleep(self.INTERVAL_S)
+                if self.active:
+                    self.lags_us.append(int((time.perf_counter() - started - self.INTERVAL_S) * 1e6))
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+    def summary(self) -> dict:
+        lags = sorted(self.lags_us)
+        pauses = sorted(self.gc_pauses_us)
+        out: dict = {"gc_collections": len(pauses),
+                     "gc_pause_max_ms": pauses[-1] / 1000 if pauses else 0.0,
+                     "gc_pause_total_ms": sum(pauses) / 1000}
+        for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+            value = percentile(lags, q)
+            out[f"loop_lag_{label}_ms"] = None if value is None else value / 1000
+        out["loop_lag_max_ms"] = lags[-1] / 1000 if lags else None
+        return out
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -118,6 +164,8 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
     ]
     streamer = Streamer(settings, feeds)
     probe = LatencyProbe(streamer.redis)
+    watch = LoopWatch()
+    watch_task = asyncio.get_running_loop().create_task(watch.run())
     process = psutil.Process()
     loop = asyncio.get_running_loop()
     await streamer.start()
@@ -138,6 +186,7 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
         start_frames, start_counts = frames(), _counters(streamer)
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         probe.active = True
+        watch.active = True
         rss_samples = [process.memory_info().rss]
         next_sample = wall0 + 0.5
         end_at = None if duration is None else loop.time() + duration
@@ -162,6 +211,7 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
         wall = time.perf_counter() - wall0
         cpu = _cpu_seconds() - cpu0
         probe.active = False
+        watch.active = False
         rss_samples.append(process.memory_info().rss)
         counts = _counters(streamer)
         measured = end_frames - start_frames
@@ -180,8 +230,10 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
             "rows_written": dict(streamer.pg.rows_written),
             "counters": counts,
             **probe.summary(),
+            **watch.summary(),
         })
     finally:
+        watch_task.cancel()
         await streamer.stop()
     result["peak_rss_mb"] = peak_rss_mb()
     return result

@@ -7,13 +7,14 @@ For each of the binance-spot, kraken-spot and okx captures (looped, see
   checksum validation on for Kraken and OKX (:mod:`.cryptofeed_run`);
 * ``cryptofeed_pg_redis``: the same with cryptofeed's PostgreSQL and Redis
   backends writing to the same servers COBY uses;
-* ``coby``: ``coby capture replay LOOPED_FILE --speed max`` (loopback
-  WebSocket, book sync with checksums, PostgreSQL COPY, Redis). The command
-  is a whole process (imports, schema, server start); its per-frame rate is
-  the marginal one, ``(frames_looped - frames_once) / (seconds_looped -
-  median(seconds_once))`` against one-loop runs of the same file, which
-  takes the fixed start-up cost out. Each COBY process gets a fresh data
-  directory (its journal) and a fresh schema.
+* ``coby``: the real streamer as deployed (:mod:`streamer.bench.e2e.worker`:
+  journal, book sync with checksums, PostgreSQL COPY, Redis) reading the
+  looped frames over a loopback WebSocket from an exchange process of its
+  own (:mod:`streamer.bench.e2e.serve`), so the exchange's CPU is not COBY's.
+  Its rate is measured from the first frame received until every frame was
+  received and PostgreSQL and Redis were flushed (start-up excluded, COPY
+  included). Each COBY run gets a fresh data directory (its journal) and a
+  fresh schema.
 
 Ratios are COBY/cryptofeed per run, then the median over runs. Every
 cryptofeed run and every COBY run is a process of its own.
@@ -32,12 +33,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,6 +50,7 @@ from ...errors import ConfigError
 from ...embedded import ensure_database, export_env
 from ...services import running_services
 from ..e2e.figures import figure
+from ..e2e.suite import Harness
 from .frames import write_looped_capture
 
 log = logging.getLogger(__name__)
@@ -172,27 +171,12 @@ class PeerHarness:
         return orjson.loads(out.stdout.strip().splitlines()[-1])
 
     def coby(self, looped_file: Path) -> dict:
-        """One ``coby capture replay FILE --speed max`` process: its result, wall and CPU seconds."""
+        """One COBY run on ``looped_file`` (exchange and streamer processes of their own): the worker's result."""
         self.reset_coby_state()
-        # A data directory of its own: the streamer's journal would otherwise
-        # hold the previous runs' records, and a fresh schema (checkpoint 0)
-        # makes it re-process all of them.
-        with tempfile.TemporaryDirectory(prefix="coby-bench-peer-data-") as data_dir:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "streamer.cli", "capture", "replay", str(looped_file),
-                                  "--speed", "max", "--timeout", "600"],
-                                 env={**self.env, "COBY_DATA_DIR": data_dir}, capture_output=True, text=True,
-                                 timeout=900)
-            seconds = time.perf_counter() - start
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if out.returncode != 0:
-            raise RuntimeError(f"coby capture replay failed: {out.stderr.strip()[-2000:]}")
-        result = orjson.loads(out.stdout.strip().splitlines()[-1])
+        result = Harness(self.env).run_case(["capture", str(looped_file), "--loops", "1"], expect=True,
+                                            timeout=600)
         if result.get("timed_out"):
-            raise RuntimeError(f"coby capture replay timed out on {looped_file.name}")
-        result["seconds"] = seconds
-        result["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            raise RuntimeError(f"COBY did not receive every frame of {looped_file.name} in time")
         return result
 
 
@@ -206,21 +190,21 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
     capture = load_capture(path)
     frames_once = sum(1 for rec in capture.records if rec["dir"] == "recv")
     loops = max(2, -(-target // frames_once))
-    once_file, looped_file = workdir / f"{name}.x1.jsonl.gz", workdir / f"{name}.x{loops}.jsonl.gz"
-    write_looped_capture(capture, 1, once_file)
+    looped_file = workdir / f"{name}.x{loops}.jsonl.gz"
     frames = write_looped_capture(capture, loops, looped_file)
 
     noop, backends, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], []
-    once_runs, looped_runs = [], []
+    coby, coby_cpu, coby_rss = [], [], []
     checks: dict[str, Any] = {}
     for run in range(runs):
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
         cf_noop = harness.cryptofeed(path, protocol, loops, "noop")
         cf_back = harness.cryptofeed(path, protocol, loops, "backends")
-        base = harness.coby(once_file)
         full = harness.coby(looped_file)
-        once_runs.append(base)
-        looped_runs.append(full)
+        counters = full["counters"]
+        coby.append(full["frames_per_s"])
+        coby_cpu.append(full["cpu_s_per_100k_frames"])
+        coby_rss.append(full["peak_rss_mb"])
         noop.append(cf_noop["frames"] / cf_noop["seconds"])
         backends.append(cf_back["frames"] / cf_back["seconds"])
         noop_cpu.append(cf_noop["cpu_seconds"] / cf_noop["frames"] * 100_000)
@@ -232,43 +216,31 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
             "cryptofeed_checksum_validation": cf_noop["checksum_validation"],
             "cryptofeed_book_callbacks": cf_noop["book_callbacks"],
             "cryptofeed_trade_callbacks": cf_noop["trade_callbacks"],
-            "coby_frames": full["frames"],
-            "coby_frames_served": full["frames_served"],
-            "coby_book_updates": full["book_updates"],
-            "coby_checksum_ok": full["checksum_ok"],
-            "coby_checksum_failed": full["checksum_failed"],
-            "coby_sequence_gaps": full["sequence_gaps"],
-            "coby_resyncs": full["resyncs"],
-            "coby_rejected": full["rejected"],
+            "coby_frames": full["frames_total"],
+            "coby_frames_served": full["served"].get("frames_sent"),
+            "coby_book_updates": counters.get("book_updates"),
+            "coby_checksum_ok": counters.get("checksum_ok"),
+            "coby_checksum_failed": counters.get("checksum_failed"),
+            "coby_sequence_gaps": counters.get("sequence_gaps"),
+            "coby_resyncs": counters.get("resyncs"),
+            "coby_rejected": counters.get("rejected"),
         }
-    # The fixed cost (process start, imports, schema, first connect) is the
-    # median over the one-loop runs: one slow start must not make a run's
-    # marginal rate absurd.
-    once_seconds = statistics.median(r["seconds"] for r in once_runs)
-    once_cpu = statistics.median(r["cpu_seconds"] for r in once_runs)
-    once_frames = once_runs[0]["frames"]
-    coby, coby_cpu = [], []
-    for full in looped_runs:
-        extra_frames, extra_seconds = full["frames"] - once_frames, full["seconds"] - once_seconds
-        coby.append(extra_frames / extra_seconds if extra_frames > 0 and extra_seconds > 0 else None)
-        extra_cpu = full["cpu_seconds"] - once_cpu
-        coby_cpu.append(extra_cpu / extra_frames * 100_000 if extra_frames > 0 and extra_cpu > 0 else None)
-    checks["coby_seconds_once_median"] = once_seconds
-    checks["coby_seconds_looped"] = [r["seconds"] for r in looped_runs]
     common = dict(capture=name, exchange=protocol, frames=frames, loops=loops, **checks)
     prefix = f"peer.{name}"
-    marginal = "marginal: (frames_looped - frames_once) / (seconds_looped - median(seconds_once))"
+    window = "first frame received -> every frame received and PostgreSQL and Redis flushed"
     specs = [
         (f"{prefix}.cryptofeed_noop.frames_per_s", noop, "frames/s", {}),
         (f"{prefix}.cryptofeed_pg_redis.frames_per_s", backends, "frames/s", {}),
-        (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": marginal}),
+        (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": window}),
         (f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x", {}),
         (f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)], "x", {}),
         (f"{prefix}.cryptofeed_noop.cpu_s_per_100k_frames", noop_cpu, "s", {}),
         (f"{prefix}.cryptofeed_pg_redis.cpu_s_per_100k_frames", backends_cpu, "s",
          {"note": "cryptofeed's process only (PostgreSQL and Redis server CPU not counted)"}),
         (f"{prefix}.coby.cpu_s_per_100k_frames", coby_cpu, "s",
-         {"note": "COBY's process only, marginal like its rate", "method": marginal}),
+         {"note": "COBY's streamer process only (exchange, PostgreSQL and Redis servers not counted)",
+          "method": window}),
+        (f"{prefix}.coby.peak_rss_mb", coby_rss, "MB", {}),
         (f"{prefix}.cryptofeed_noop.peak_rss_mb", noop_rss, "MB", {}),
         (f"{prefix}.cryptofeed_pg_redis.peak_rss_mb", backends_rss, "MB", {}),
     ]
@@ -276,7 +248,7 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
     for fig_name, samples, unit, extra in specs:
         try:
             figures.append(figure(fig_name, samples, unit, command, **extra, **common))
-        except ValueError as exc:  # no run gave a value (e.g. a marginal time <= 0 under load)
+        except ValueError as exc:  # no run gave a value
             log.warning("peer: %s", exc)
     return figures
 
