@@ -100,6 +100,9 @@ def oversized_quarantine(exchange: str, raw: str | bytes, limit: int, local_ts: 
     )
 
 
+#: Longest the receive loop runs through queued frames before it lets other tasks run.
+YIELD_AFTER_US = 1_000
+
 OnFrame = Callable[[str | bytes, int], Awaitable[None]]
 OnConnect = Callable[["WsClient"], Awaitable[None]]
 OnDisconnect = Callable[["WsClient", str], Awaitable[None]]
@@ -222,6 +225,7 @@ class WsClient:
         watchdog = asyncio.create_task(stall.run())
         recv = ws.recv
         on_frame = self._on_frame
+        turn_started = quiet_since
         try:
             while True:
                 # Only time spent waiting for the exchange counts towards a stall,
@@ -244,6 +248,12 @@ class WsClient:
                 if self._recorder is not None:
                     self._recorder.recv(self.conn_id, frame)
                 await on_frame(frame, ts)
+                if ts - turn_started >= YIELD_AFTER_US:
+                    # recv() returns without suspending while frames are queued, so a
+                    # burst would hold the loop: give the sinks (the live cache's
+                    # latency) a turn at least every millisecond.
+                    await asyncio.sleep(0)
+                    turn_started = now_us()
         finally:
             watchdog.cancel()
             if pinger is not None:

@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..connection.backoff import backoff_delay
 from ..config import Settings
@@ -138,6 +139,8 @@ class RedisSink:
         # their first change since the last flush (how long a change waited).
         self._dirty_books: dict[BookKey, int] = {}
         self._deleted_books: set[BookKey] = set()
+        # Books known to be in the RedisKeys.books set (SADD only when one is not).
+        self._members: set[BookKey] = set()
         self._dirty_statuses: set[str] = set()
         self._trades: dict[BookKey, deque[dict[str, str]]] = {}
         #: Set on every new Redis connection: the next flush rewrites everything.
@@ -178,7 +181,10 @@ class RedisSink:
         self._client = aioredis.Redis(
             **kwargs,
             socket_connect_timeout=self.socket_timeout,
-            socket_timeout=self.socket_timeout,
+            # No per-read timeout: redis-py would arm one for every reply of a
+            # pipeline (a third of a flush's CPU). Each round trip runs under one
+            # deadline instead (_round_trip).
+            socket_timeout=None,
             # One attempt per command: the flush loop owns retrying (with backoff),
             # so a dead Redis never stalls a flush in the client's own retries.
             retry=Retry(NoBackoff(), 0),
@@ -349,7 +355,7 @@ class RedisSink:
         on reconnect) even when no book is changing."""
         if time.monotonic() - self._last_round_trip < self.health_interval:
             return
-        await self._client.ping()  # type: ignore[union-attr]
+        await self._round_trip(self._client.ping())  # type: ignore[union-attr]
         self._last_round_trip = time.monotonic()
         if not self.connected:
             self.connected = True
@@ -382,7 +388,7 @@ class RedisSink:
             trades, self._trades = self._trades, {}
             try:
                 started = time.perf_counter()
-                written, executed = await self._write(dirty_books, deleted, dirty_statuses, trades)
+                written, executed = await self._write(dirty_books, deleted, dirty_statuses, trades, resync)
                 self.last_flush_latency = time.perf_counter() - started
             except BaseException:
                 self._restore(dirty_books, deleted, dirty_statuses, trades, resync)
@@ -399,14 +405,25 @@ class RedisSink:
                 log.info("Redis %s reachable; live cache rewritten", self.settings.redis.safe_description())
             self.connected = True
 
-    async def _write(self, dirty_books, deleted, dirty_statuses, trades) -> tuple[int, bool]:
-        """One pipeline for everything; returns (books written, whether anything was sent)."""
+    async def _write(self, dirty_books, deleted, dirty_statuses, trades, resync: bool) -> tuple[int, bool]:
+        """One pipeline for everything; returns (books written, whether anything was sent).
+
+        Per flush: every changed book document in one ``MSET``, the books new to
+        the ``books`` set in one ``SADD``, then one ``PUBLISH`` per book (after
+        the writes, so a subscriber reads what was announced).
+        """
         keys = self.keys
+        members = self._members
+        if resync:
+            members.clear()  # a rewrite adds every book to the set again
         pipe = self._client.pipeline(transaction=False)  # type: ignore[union-attr]
         for exchange, symbol in deleted:
             pipe.delete(keys.book(exchange, symbol))
             pipe.srem(keys.books, f"{exchange}:{symbol}")
-        written = 0
+            members.discard((exchange, symbol))
+        documents: dict[str, bytes] = {}
+        announced: list[str] = []
+        added: list[BookKey] = []
         hook = self.books_visible_hook
         visible: list[tuple[BookKey, int, int]] = []
         for key, first_ts in dirty_books.items():
@@ -416,13 +433,18 @@ class RedisSink:
             if args[8] is not None and not args[8][0].is_synced:
                 continue  # left sync; its delete is pending and it is republished once synced again
             exchange, symbol = key
-            member = f"{exchange}:{symbol}"
-            pipe.set(keys.book(exchange, symbol), book_json(*_levels_now(args)))
-            pipe.sadd(keys.books, member)
-            pipe.publish(keys.updates_channel, member)
-            written += 1
+            documents[keys.book(exchange, symbol)] = book_json(*_levels_now(args))
+            announced.append(f"{exchange}:{symbol}")
+            if key not in members:
+                added.append(key)
             if hook is not None:
                 visible.append((key, args[6], first_ts))
+        if documents:
+            pipe.mset(documents)
+        if added:
+            pipe.sadd(keys.books, *(f"{exchange}:{symbol}" for exchange, symbol in added))
+        for member in announced:
+            pipe.publish(keys.updates_channel, member)
         for (exchange, symbol), entries in trades.items():
             stream = keys.trades(exchange, symbol)
             for fields in entries:
@@ -433,10 +455,21 @@ class RedisSink:
                 pipe.hset(keys.status(exchange), mapping=status)
         if not len(pipe):
             return 0, False
-        await pipe.execute()
+        await self._round_trip(pipe.execute())
+        members.update(added)
         if hook is not None:
             hook(visible)
-        return written, True
+        return len(documents), True
+
+    async def _round_trip(self, call):
+        """Await one Redis round trip; a Redis that does not answer within
+        ``socket_timeout`` fails it like a dead connection would (redis-py
+        drops a connection whose command was cancelled)."""
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                return await call
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"no reply within {self.socket_timeout:g}s") from exc
 
     def _restore(self, dirty_books, deleted, dirty_statuses, trades, resync) -> None:
         """Put back what a failed flush did not write, newest state winning."""

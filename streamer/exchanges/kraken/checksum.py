@@ -9,21 +9,33 @@ is why the order book keeps them.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 from zlib import crc32
 
 from ...models import RawLevel
 
 CHECKSUM_LEVELS = 10
-_LEADING_ZEROS = re.compile(r" 0+")
+
+# The checksum runs after every frame over the same few dozen strings, which
+# change slowly: each string's checksum form is kept once computed. Bounded:
+# cleared when it grows past this many strings.
+_FRAGMENTS: dict[str, str] = {}
+_FRAGMENTS_MAX = 200_000
+
+
+def _fragment(field: str) -> str:
+    """``field`` without its decimal point and leading zeros (cached)."""
+    if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
+        _FRAGMENTS.clear()
+    value = _FRAGMENTS[field] = field.replace(".", "").lstrip("0")
+    return value
 
 
 def kraken_checksum(asks_top10: Sequence[RawLevel], bids_top10: Sequence[RawLevel]) -> int:
     """Checksum of a book given its best asks (ascending) and best bids (descending)."""
-    fields = [f for level in asks_top10[:CHECKSUM_LEVELS] for f in level]
-    fields += [f for level in bids_top10[:CHECKSUM_LEVELS] for f in level]
-    # One pass over a space-separated string is cheaper than per-field work:
-    # drop every '.', strip each field's leading zeros, then drop the separators.
-    text = _LEADING_ZEROS.sub(" ", " " + " ".join(fields).replace(".", "")).replace(" ", "")
-    return crc32(text.encode("ascii"))
+    known = _FRAGMENTS.get
+    # "or" falls through for an uncached field, and for a cached empty fragment
+    # (a zero), which _fragment recomputes as empty again: same result.
+    parts = [known(f) or _fragment(f) for level in asks_top10[:CHECKSUM_LEVELS] for f in level]
+    parts += [known(f) or _fragment(f) for level in bids_top10[:CHECKSUM_LEVELS] for f in level]
+    return crc32("".join(parts).encode("ascii"))
