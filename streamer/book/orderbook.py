@@ -116,7 +116,15 @@ class OrderBook:
         """
         book = self._side(side)
         bid = side == "bid"
-        pop = book.pop
+        if not book:
+            # An empty side (a snapshot after clear()): collect the levels in a
+            # plain dict and sort them once, instead of one sorted insert each.
+            collected: dict[float, RawLevel] = {}
+            pop = collected.pop
+            target = collected
+        else:
+            pop = book.pop
+            target = book
         for price, size in levels:
             if type(price) is not str or type(size) is not str:
                 raise InvalidValueError(f"price and size must be decimal strings, got {(price, size)!r}"[:300])
@@ -129,7 +137,9 @@ class OrderBook:
             if s == 0.0:
                 pop(key, None)
             else:
-                book[key] = (price, size)
+                target[key] = (price, size)
+        if target is not book and target:
+            book.update(target)
 
     def clear(self) -> None:
         self._bids.clear()
