@@ -108,6 +108,47 @@ def test_parse_levels_validates_structure_and_values():
             parse_levels([bad], "asks")
 
 
+@pytest.mark.parametrize("bad", [
+    ["-1", "2"], ["1", "NaN"], ["1e5", "1"], [" 1", "1"], ["1_0", "1"], ["", "1"], [".", "1"], ["1.2.3", "1"],
+    ["1" * 400, "1"], ["1" * 25, "1"], ["\u0661\u0662", "1"], ["1\x002", "1"], [1, "1"], ["1"], "12",
+])
+@pytest.mark.parametrize("position", [0, 7, 39])
+def test_long_level_lists_are_checked_as_strictly_as_short_ones(bad, position):
+    """Lists of many levels take the column-wise checks; any bad level, wherever
+    it is, still fails, with the same error class as one by one."""
+    levels = [[f"{100 + i}.5", "2"] for i in range(40)]
+    levels[position] = bad
+    expected = InvalidValueError if isinstance(bad, list) and len(bad) == 2 and all(
+        type(v) is str for v in bad) else MalformedFrameError
+    with pytest.raises(expected):
+        parse_levels(levels, "bids")
+    good = [[f"{100 + i}.5", "2", "0", "1"] for i in range(40)] + [["0.0000000000000000000001", "1."], [".5", "0"]]
+    assert parse_levels(good, "bids") == [(level[0], level[1]) for level in good]
+
+
+def test_long_and_short_updates_give_the_same_book():
+    """Long level lists take the column-wise path, short ones the per-level
+    loop; both must build the same book, deletes and repeats included."""
+    levels = [(f"{100 + i % 17}.{i % 3}", "0" if i % 5 == 0 else f"{i}.25") for i in range(60)]
+    by_columns, one_by_one = OrderBook(), OrderBook()
+    for side in ("bid", "ask"):
+        by_columns.apply_levels(side, [("50", "1")])  # not empty: the incremental path
+        one_by_one.apply_levels(side, [("50", "1")])
+        by_columns.apply_levels(side, levels)
+        for i in range(0, len(levels), 3):
+            one_by_one.apply_levels(side, levels[i:i + 3])
+    assert by_columns.top("bid", 100) == one_by_one.top("bid", 100)
+    assert by_columns.top("ask", 100) == one_by_one.top("ask", 100)
+
+
+@pytest.mark.parametrize("bad", [("nan", "1"), ("1", "inf"), ("-1", "1"), ("1", "-0.5"), (1.5, "1"), ("x", "1")])
+def test_a_bad_level_in_a_long_update_is_refused(bad):
+    levels = [(f"{100 + i}", "1") for i in range(30)]
+    levels[17] = bad
+    with pytest.raises((InvalidValueError, ValueError)):
+        OrderBook().apply_levels("bid", levels)
+
+
 # -- property: the book agrees with a naive dict of Decimals -------------------
 
 _prices = st.integers(min_value=1, max_value=400).map(lambda i: i / 8)  # exact binary fractions

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from itertools import islice
+from operator import itemgetter
 from math import inf as _INF, isfinite
 from typing import Iterable, Iterator
 
@@ -27,9 +28,19 @@ from ..models import OrderBookSnapshot, PriceLevel, RawLevel, Side
 
 #: A plain non-negative decimal as exchanges write prices and sizes: no sign,
 #: exponent, whitespace, underscores, NaN or infinity, and at most 24 digits on
-#: either side of the point (so the value is always a finite float).
-_DECIMAL = re.compile(r"(?:\d{1,24}(?:\.\d{0,24})?|\.\d{1,24})\Z")
+#: either side of the point (so the value is always a finite float). ASCII
+#: digits only: ``\d`` would also take other scripts' digits, which float() reads.
+_DECIMAL_TEXT = r"(?:[0-9]{1,24}(?:\.[0-9]{0,24})?|\.[0-9]{1,24})"
+_DECIMAL = re.compile(_DECIMAL_TEXT + r"\Z")
 is_decimal = _DECIMAL.match
+#: Deletes every character a plain decimal may hold: what remains is not one.
+_DELETE_DECIMAL_CHARS = str.maketrans("", "", "0123456789.")
+#: Level lists at least this long are checked column-wise (see parse_levels).
+_COLUMN_CHECKS_FROM = 12
+_LIST_ONLY = {list}
+_STR_ONLY = {str}
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def parse_levels(levels: object, what: str) -> list[RawLevel]:
@@ -41,9 +52,40 @@ def parse_levels(levels: object, what: str) -> list[RawLevel]:
     :class:`InvalidValueError` for a price or size that is not a plain
     non-negative decimal string, so a mapper can quarantine the frame with
     the reason.
+
+    This runs for every level of every frame, so the checks are made on whole
+    columns by C code: the characters of all fields at once (only digits and
+    points), the longest field (24 characters at most), then ``float`` on each
+    (which refuses an empty field, a lone point or two points): what passes
+    is a subset of :data:`is_decimal`'s language. A short list (where the
+    column checks cost more than they save), a list that fails them and a
+    field longer than 24 characters are checked level by level, with the
+    exact rule and the offending level named in the error.
     """
-    if not isinstance(levels, list):
+    if type(levels) is not list:
         raise MalformedFrameError(f"{what}: expected a list of levels, got {type(levels).__name__}")
+    if len(levels) < _COLUMN_CHECKS_FROM:
+        return _parse_levels_one_by_one(levels, what)
+    try:
+        if set(map(type, levels)) != _LIST_ONLY or min(map(len, levels)) < 2:
+            raise TypeError
+        prices = list(map(_first, levels))
+        sizes = list(map(_second, levels))
+        if set(map(type, prices)) != _STR_ONLY or set(map(type, sizes)) != _STR_ONLY:
+            raise TypeError
+        if ("".join(prices) + "".join(sizes)).translate(_DELETE_DECIMAL_CHARS):
+            raise ValueError
+        if max(map(len, prices)) > 24 or max(map(len, sizes)) > 24:
+            raise ValueError
+        max(map(float, prices))  # ValueError for "", "." or "1.2.3"
+        max(map(float, sizes))
+    except (TypeError, ValueError):
+        return _parse_levels_one_by_one(levels, what)
+    return list(zip(prices, sizes))
+
+
+def _parse_levels_one_by_one(levels: list, what: str) -> list[RawLevel]:
+    """parse_levels, level by level: raises with the first offending level named."""
     out: list[RawLevel] = []
     append = out.append
     match = _DECIMAL.match
@@ -70,6 +112,45 @@ def _number(value: str, what: str) -> float:
     if not isfinite(number) or number < 0:
         raise InvalidValueError(f"{what} must be finite and non-negative, got {value!r}")
     return number
+
+
+def _invalid_level(price: object, size: object) -> InvalidValueError:
+    return InvalidValueError(f"price and size must be finite, non-negative decimal strings, got {(price, size)!r}"[:300])
+
+
+def _apply_one_by_one(target: dict, levels: Iterable[RawLevel], bid: bool) -> None:
+    pop = target.pop
+    for price, size in levels:
+        if type(price) is not str or type(size) is not str:
+            raise _invalid_level(price, size)
+        p = float(price)  # ValueError for text that is no number
+        s = float(size)
+        # Chained comparisons are False for NaN, so NaN fails here too.
+        if not (0.0 <= p < _INF and 0.0 <= s < _INF):
+            raise _invalid_level(price, size)
+        key = -p if bid else p
+        if s == 0.0:
+            pop(key, None)
+        else:
+            target[key] = (price, size)
+
+
+def _apply_columns(target: dict, levels: list, bid: bool) -> None:
+    """_apply_one_by_one for a long list: conversions and checks per column in C."""
+    prices, sizes = zip(*levels)  # ValueError/TypeError unless every level is a pair
+    if set(map(type, prices)) != _STR_ONLY or set(map(type, sizes)) != _STR_ONLY:
+        _apply_one_by_one({}, levels, bid)  # raises, naming the level
+    p_values = list(map(float, prices))
+    s_values = list(map(float, sizes))
+    if not (all(map(isfinite, p_values)) and all(map(isfinite, s_values))
+            and min(p_values) >= 0.0 and min(s_values) >= 0.0):
+        _apply_one_by_one({}, levels, bid)  # raises, naming the level
+    pop = target.pop
+    for key, s, price, size in zip([-p for p in p_values] if bid else p_values, s_values, prices, sizes):
+        if s == 0.0:
+            pop(key, None)
+        else:
+            target[key] = (price, size)
 
 
 class OrderBook:
@@ -108,36 +189,25 @@ class OrderBook:
     def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
         """Apply many ``(price, size)`` pairs of one side, in order.
 
-        The checks of :meth:`apply` are inlined: this loop runs once per level
-        of every frame. A level that is not a pair of finite, non-negative
-        decimal strings raises :class:`~streamer.errors.InvalidValueError`
-        (the levels before it stay applied; :class:`~streamer.book.sync.BookSync`
-        then drops the book and resyncs).
+        This runs for every level of every frame: the checks of :meth:`apply`
+        are inlined, and a long list is converted and checked per column. A
+        level that is not a pair of finite, non-negative decimal strings
+        raises :class:`~streamer.errors.InvalidValueError`; the side may then
+        hold part of the list (:class:`~streamer.book.sync.BookSync` drops the
+        book and resyncs).
         """
         book = self._side(side)
         bid = side == "bid"
         if not book:
             # An empty side (a snapshot after clear()): collect the levels in a
             # plain dict and sort them once, instead of one sorted insert each.
-            collected: dict[float, RawLevel] = {}
-            pop = collected.pop
-            target = collected
+            target: dict[float, RawLevel] = {}
         else:
-            pop = book.pop
             target = book
-        for price, size in levels:
-            if type(price) is not str or type(size) is not str:
-                raise InvalidValueError(f"price and size must be decimal strings, got {(price, size)!r}"[:300])
-            p = float(price)  # ValueError for text that is no number
-            s = float(size)
-            # Chained comparisons are False for NaN, so NaN fails here too.
-            if not (0.0 <= p < _INF and 0.0 <= s < _INF):
-                raise InvalidValueError(f"price and size must be finite and non-negative, got {(price, size)!r}"[:300])
-            key = -p if bid else p
-            if s == 0.0:
-                pop(key, None)
-            else:
-                target[key] = (price, size)
+        if type(levels) is list and len(levels) >= _COLUMN_CHECKS_FROM:
+            _apply_columns(target, levels, bid)
+        else:
+            _apply_one_by_one(target, levels, bid)
         if target is not book and target:
             book.update(target)
 
