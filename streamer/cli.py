@@ -1,6 +1,6 @@
 """The ``coby`` command.
 
-    coby stream [EXCHANGE:SYM,SYM ...] [--duration S] [--record DIR]
+    coby stream [EXCHANGE:SYM,SYM ...] [--duration S] [--record DIR] [--processes N]
     coby capture replay FILE [--exchange PROTOCOL] [--speed max|1|N] [--faults SPEC]
     coby simulate [--exchanges binance,kraken,okx] [--duration S] [--faults SPEC]
     coby demo [--duration S] [--no-ui]
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="e.g. binance:BTC-USDT,ETH-USDT (default: COBY_STREAMS or a BTC/ETH set per exchange)")
     stream.add_argument("--duration", type=_positive, help="stop after this many seconds")
     stream.add_argument("--record", metavar="DIR", help="also record every raw frame (coby-capture/1) into DIR")
+    stream.add_argument("--processes", type=int, metavar="N",
+                        help="spread the exchanges over N streamer processes (default: COBY_PROCESSES or 1)")
 
     capture = sub.add_parser("capture", help="recorded sessions")
     capture_sub = capture.add_subparsers(dest="capture_command", required=True)

@@ -104,9 +104,29 @@ async def stream(args) -> dict:
         FeedConfig(exchange, symbols, resolve_endpoints(get_mapper(exchange)), ws=ws_options(settings))
         for exchange, symbols in wanted.items()
     ]
+    processes = args.processes if getattr(args, "processes", None) else _env_processes()
     with running_services(settings) as resolved:
+        if processes > 1 and len(wanted) > 1:
+            from .embedded import export_env
+            from .processes import run_processes, split_exchanges
+
+            # Children connect to the servers resolved here (embedded ones included).
+            env = {**os.environ, **export_env(resolved)}
+            return await run_processes(split_exchanges(wanted, processes), env, duration=args.duration,
+                                       record_dir=args.record)
         return await _run_streamer(resolved, feeds, duration=args.duration,
                                    record_dir=Path(args.record) if args.record else None)
+
+
+def _env_processes() -> int:
+    raw = os.environ.get("COBY_PROCESSES", "1").strip() or "1"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"COBY_PROCESSES must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"COBY_PROCESSES must be at least 1, got {value}")
+    return value
 
 
 async def capture_replay(args, settings: Settings | None = None) -> dict:
