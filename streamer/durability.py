@@ -80,12 +80,10 @@ class FeedDurability:
 
     # -- appending ---------------------------------------------------------------
     def append(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> Record:
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8")
-        seq = self.journal.append(local_ts, kind, payload, meta)
+        record = self.journal.append_record(local_ts, kind, payload, meta)
         if kind in BASE_KINDS:
-            self.bases.append(seq)
-        return Record(seq, local_ts, kind, meta, payload)
+            self.bases.append(record.seq)
+        return record
 
     def ended_unexpectedly(self) -> bool:
         """The previous run stopped without closing its connection (a crash or kill -9)."""

@@ -90,8 +90,6 @@ class ExchangeFeed:
         self._client: WsClient | None = None
         self.status = ConnectionStatus(self.exchange, ConnectionState.CONNECTING, now_us())
         self._native_symbols: list[str] = []
-        # Records are processed one at a time: rows reach the sinks in journal order.
-        self._lock = asyncio.Lock()
         self._stopping = False
         self._resync_backoff: dict[str, tuple[Backoff | None, float]] = {}
         self._instruments_body = ""
@@ -196,10 +194,12 @@ class ExchangeFeed:
 
     # -- records -----------------------------------------------------------------
     async def _record_and_process(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
-        async with self._lock:
-            self._process(self.durability.append(local_ts, kind, payload, meta))
-            if self.durability.state_due() and self.processor is not None:
-                self._process(self.durability.write_state(self.processor, local_ts))
+        # Records are processed one at a time, so rows reach the sinks in journal
+        # order: nothing here awaits between appending a record and processing
+        # it, so no other task can run in between (no lock needed).
+        self._process(self.durability.append(local_ts, kind, payload, meta))
+        if self.durability.state_due() and self.processor is not None:
+            self._process(self.durability.write_state(self.processor, local_ts))
 
     def _process(self, record: Record) -> None:
         """Process one journaled record and act on the output (no awaits: one record is atomic)."""
@@ -296,9 +296,8 @@ class ExchangeFeed:
             # A STATE record now lets everything before it be reclaimed as soon
             # as PostgreSQL has it.
             log.error("%s: journal full; pausing reception", self.exchange)
-            async with self._lock:
-                if self.processor is not None:
-                    self._process(self.durability.write_state(self.processor, local_ts))
+            if self.processor is not None:
+                self._process(self.durability.write_state(self.processor, local_ts))
             await self.durability.wait_for_space()
 
     # -- resync --------------------------------------------------------------------

@@ -129,10 +129,15 @@ class Journal:
     # -- writing ---------------------------------------------------------------
     def append(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> int:
         """Add one record; returns its sequence number."""
+        return self.append_record(local_ts, kind, payload, meta).seq
+
+    def append_record(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> Record:
+        """Add one record; returns it (with its sequence number)."""
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
         seq = self.next_seq
-        data = encode(Record(seq, local_ts, kind, meta, payload))
+        record = Record(seq, local_ts, kind, meta, payload)
+        data = encode(record)
         size = len(data)
         if self._segment_size and self._segment_size + size > self.segment_bytes:
             self._start_segment(seq)
@@ -151,7 +156,7 @@ class Journal:
                 self.flush()  # no loop to flush later: write now
             else:
                 self._flush_timer = loop.call_later(self.write_interval, self._timed_flush)
-        return seq
+        return record
 
     def _timed_flush(self) -> None:
         self._flush_timer = None

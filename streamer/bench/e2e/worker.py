@@ -21,7 +21,8 @@ and prints one JSON line of measurements:
   the frame that last changed it (``latest``) and of the oldest frame that
   changed it since the previous flush (``oldest``) to the acknowledgement.
 
-The schema and Redis prefix in the environment are wiped at start: they
+The schema and Redis prefix in the environment are wiped at start (unless
+``--keep``: another worker of the same run did it): they
 belong to the benchmark alone.
 """
 
@@ -150,9 +151,10 @@ def _counters(streamer: Streamer) -> dict:
 
 
 async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: float | None,
-              warmup: float, timeout: float) -> dict:
+              warmup: float, timeout: float, keep: bool = False) -> dict:
     settings = load_settings()
-    wipe(settings)
+    if not keep:
+        wipe(settings)
     feeds = [
         FeedConfig(
             spec["exchange"], spec.get("symbols", []), Endpoints(spec["ws_url"], spec["rest_url"]),
@@ -266,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float)
     parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--keep", action="store_true",
+                        help="do not wipe the schema and prefix (another worker of the same run did)")
     args = parser.parse_args(argv)
     if (args.expect_frames is None) == (args.duration is None):
         parser.error("give exactly one of --expect-frames and --duration")
     result = asyncio.run(run(orjson.loads(args.feeds), expect_frames=args.expect_frames, duration=args.duration,
-                             warmup=args.warmup, timeout=args.timeout))
+                             warmup=args.warmup, timeout=args.timeout, keep=args.keep))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 
