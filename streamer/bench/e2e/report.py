@@ -1,6 +1,6 @@
 """Markdown tables of a ``streamer`` results file, for the sections of ``BENCHMARKS.md``.
 
-    python -m streamer.bench.e2e.report bench/results/streamer.jsonl
+    python -m streamer.bench.e2e.report bench/results/streamer.jsonl [bench/results/streamer.soak.jsonl ...]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ COLUMNS = [("frames/s", "frames_per_s"), ("levels/s", "level_updates_per_s"),
            ("CPU s / 100k frames", "cpu_s_per_100k_frames"), ("CPU cores", "cpu_utilisation"),
            ("peak RSS MB", "peak_rss_mb"), ("latency p50 ms", "latency_p50_ms"),
            ("p99 ms", "latency_p99_ms"), ("p99.9 ms", "latency_p999_ms"),
-           ("oldest-frame p99 ms", "latency_oldest_p99_ms")]
+           ("oldest-frame p99 ms", "latency_oldest_p99_ms"), ("loop lag p99 ms", "loop_lag_p99_ms"),
+           ("longest GC pause ms", "gc_pause_max_ms")]
 
 
 def case_table(figures: dict, prefix: str) -> str:
@@ -60,16 +61,24 @@ def floor_table(figures: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    path = Path(argv[0] if argv else "bench/results/streamer.jsonl")
-    figures = {f["name"]: f for f in map(orjson.loads, path.read_text().splitlines())}
+    paths = [Path(a) for a in argv] or [Path("bench/results/streamer.jsonl")]
+    figures = {f["name"]: f for path in paths for f in map(orjson.loads, path.read_text().splitlines())}
     any_figure = next(iter(figures.values()))
     m = any_figure["machine"]
     print(f"Machine: {m['nproc']} CPUs, {m['cpu']}, Python {m.get('python')}; date {any_figure['date'][:10]}; "
           f"command `{any_figure['command']}`; runs per figure {any_figure['runs']}.\n")
     print("### End to end, looped captures\n\n" + case_table(figures, "e2e.") + "\n")
+    print("### Captures paced at a constant frame rate\n\n" + case_table(figures, "paced.") + "\n")
     print("### End to end, simulator paced in real time (OKX, 10 symbols)\n\n" + case_table(figures, "sim.") + "\n")
     print("### Floors\n\n" + floor_table(figures) + "\n")
-    print("### Scale (simulator as fast as the streamer reads)\n\n" + case_table(figures, "scale.") + "\n")
+    print("### Scale (pre-rendered simulator sessions as fast as the streamer reads)\n\n"
+          + case_table(figures, "scale.") + "\n")
+    soak = [f for f in figures.values() if f["name"].startswith("soak.")]
+    if soak:
+        print("### Soak\n")
+        for f in soak:
+            print(f"- `{f['name']}`: {_fmt(f['median'])} {f['unit']}")
+        print()
     return 0
 
 
