@@ -4,12 +4,20 @@ Serving from a separate process keeps the exchange's CPU out of the
 streamer's measurement (the streamer process's CPU time and peak RSS are its
 own) and gives each side a core of its own on a two-core machine.
 
-    python -m streamer.bench.e2e.serve capture FILE --loops N [--rate FRAMES_PER_S]
+    python -m streamer.bench.e2e.serve capture FILE [FILE ...] --loops N [--rate FRAMES_PER_S]
     python -m streamer.bench.e2e.serve simulate --exchanges okx --symbols 100 --rate 50 [--max-speed]
 
 Prints one JSON line when listening (URLs, native symbols, frames to
 expect), serves until its stdin closes, then prints one JSON line of
 counters and exits.
+
+Several capture files (one per exchange: the streamer runs one feed per
+exchange) are served at once, each from its own :class:`LocalExchangeServer`
+in this one process; ``feeds`` lists them all and ``expect_frames`` is their
+sum. One process is enough: a looped replay only writes prepared frames to a
+socket, several times faster than one streamer process reads them, and on a
+two-core machine a second exchange process would only take turns on the core
+this one already has.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from ...capture.reader import load_capture
+from ...capture.reader import Capture, load_capture
 from ...capture.replay import protocol_of, session_symbols
 from ...commands import _ws_path
 from ...exchanges.registry import get_mapper
@@ -61,24 +69,53 @@ async def _until_stdin_closes() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-async def serve_capture(path: Path, loops: int, rate: float | None = None) -> None:
-    capture = load_capture(path)
-    protocol = protocol_of(capture)
-    backend = LoopedCaptureBackend(capture, loops=loops, protocol=protocol, rate=rate)
-    async with LocalExchangeServer(backend) as server:
+async def serve_capture(paths: Path | list[Path], loops: int, rate: float | None = None) -> None:
+    """Serve each capture looped ``loops`` times from its own server, all in this process."""
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    sources = [_capture_source(path, loops, rate) for path in paths]
+    _check_one_per_exchange(sources)
+    async with AsyncExitStack() as stack:
+        servers = [await stack.enter_async_context(LocalExchangeServer(backend)) for _, _, backend in sources]
         _emit({
-            "feeds": [{
-                "exchange": protocol,
-                "ws_url": server.ws_base_url + _ws_path(get_mapper(protocol).default_endpoints.ws_url),
-                "rest_url": server.rest_base_url,
-                "native_symbols": list(session_symbols(capture, protocol)),
-            }],
-            "expect_frames": backend.total_frames,
-            "frames_per_loop": backend.frame_count,
+            "feeds": [_capture_feed(protocol, capture, server) for (protocol, capture, _), server
+                      in zip(sources, servers)],
+            "expect_frames": sum(backend.total_frames for _, _, backend in sources),
+            "frames_per_loop": sum(backend.frame_count for _, _, backend in sources),
         })
         await _until_stdin_closes()
-        _emit({"frames_sent": backend.frames_sent, "loops_done": backend.loops_done,
-               "connections": backend.connections})
+        backends = [backend for _, _, backend in sources]
+        _emit({"frames_sent": sum(b.frames_sent for b in backends),
+               "loops_done": min(b.loops_done for b in backends),
+               "connections": sum(b.connections for b in backends),
+               "sources": [{"file": path.name, "exchange": protocol, "frames_sent": backend.frames_sent,
+                            "loops_done": backend.loops_done, "connections": backend.connections,
+                            "rest_served": backend.rest_served, "rest_missed": backend.rest_missed}
+                           for path, (protocol, _, backend) in zip(paths, sources)]})
+
+
+def _capture_source(path: Path, loops: int, rate: float | None) -> tuple[str, Capture, LoopedCaptureBackend]:
+    capture = load_capture(path)
+    protocol = protocol_of(capture)
+    return protocol, capture, LoopedCaptureBackend(capture, loops=loops, protocol=protocol, rate=rate)
+
+
+def _check_one_per_exchange(sources: list[tuple[str, Capture, LoopedCaptureBackend]]) -> None:
+    """The streamer runs one feed per exchange: two captures of one exchange cannot be served together."""
+    seen: dict[str, Path] = {}
+    for protocol, capture, _ in sources:
+        if protocol in seen:
+            raise SystemExit(f"serve capture: {capture.path} and {seen[protocol]} are both {protocol} sessions; "
+                             "give at most one capture per exchange")
+        seen[protocol] = capture.path
+
+
+def _capture_feed(protocol: str, capture: Capture, server: LocalExchangeServer) -> dict:
+    return {
+        "exchange": protocol,
+        "ws_url": server.ws_base_url + _ws_path(get_mapper(protocol).default_endpoints.ws_url),
+        "rest_url": server.rest_base_url,
+        "native_symbols": list(session_symbols(capture, protocol)),
+    }
 
 
 async def serve_simulated(protocols: list[str], count: int, rate: float, max_speed: bool) -> None:
@@ -101,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamer.bench.e2e.serve")
     sub = parser.add_subparsers(dest="mode", required=True)
     cap = sub.add_parser("capture")
-    cap.add_argument("file", type=Path)
+    cap.add_argument("files", type=Path, nargs="+", metavar="FILE", help="one capture per exchange")
     cap.add_argument("--loops", type=int, default=1)
     cap.add_argument("--rate", type=float, help="frames per second (default: as fast as the client reads)")
     sim = sub.add_parser("simulate")
@@ -111,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--max-speed", action="store_true", help="as fast as the client reads (backpressure)")
     args = parser.parse_args(argv)
     if args.mode == "capture":
-        asyncio.run(serve_capture(args.file, args.loops, args.rate))
+        asyncio.run(serve_capture(args.files, args.loops, args.rate))
     else:
         protocols = [p.strip() for p in args.exchanges.split(",") if p.strip()]
         asyncio.run(serve_simulated(protocols, args.symbols, args.rate, args.max_speed))

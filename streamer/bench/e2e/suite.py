@@ -9,8 +9,12 @@ Cases (each run is a fresh streamer process against a fresh exchange process):
   rates (latency at a known offered load);
 * ``paced.<capture>.rate10000``: the Kraken and OKX captures looped and
   served at a constant 10,000 frames/s (latency at the target's load);
-* ``scale.<exchanges>.<N>sym``: simulated markets as fast as the streamer
-  reads (backpressure), 10/100/1,000 symbols, one and three exchanges;
+* ``scale.<exchanges>.<N>sym``: simulated markets, pre-rendered once per
+  suite run (:mod:`.prerender`) and served looped as fast as the streamer
+  reads, 10/100/1,000 symbols, one and three exchanges; with three exchanges
+  also ``...<N>sym.3proc``: one streamer process per exchange;
+* ``soak.okx.<S>s`` (``--cases soak``, not in the default set): RSS over a
+  10-minute full-speed run;
 * ``floor.parse.<capture>``, ``floor.processor.<capture>``, ``floor.copy``:
   see :mod:`.floors`; ratios of the end-to-end rate to each floor.
 
@@ -34,9 +38,12 @@ import orjson
 
 from ...config import Settings, load_settings
 from ...embedded import ensure_database, export_env
+from ...capture.reader import load_capture
 from ...services import running_services
+from ..peer.frames import write_looped_capture
 from . import floors
 from .figures import figure
+from .worker import wipe
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,8 @@ QUICK_FRAMES = 1_000
 PACED_RATE = 10_000
 PACED_CAPTURES = ("kraken-spot", "okx")
 #: Case groups: e2e (looped captures + floors), paced (captures at 10k frames/s), sim (simulator in real
-#: time), scale (simulator as fast as the streamer reads), soak (RSS over a long full-speed run).
+#: time), scale (pre-rendered simulator sessions as fast as the streamer reads), soak (RSS over a
+#: long full-speed run).
 GROUPS = ("e2e", "paced", "sim", "scale", "soak")
 DEFAULT_GROUPS = ("e2e", "paced", "sim", "scale")
 #: Capture of the soak run, and how its RSS drift is judged: after this warm-up.
@@ -95,7 +103,13 @@ class Harness:
         self.env = env
 
     def run_case(self, serve_args: list[str], *, expect: bool, duration: float | None = None,
-                 warmup: float = 0.0, timeout: float = 300.0) -> dict[str, Any]:
+                 warmup: float = 0.0, timeout: float = 300.0, processes: int = 1) -> dict[str, Any]:
+        """One run: an exchange process serving ``serve_args`` and streamer process(es) reading it.
+
+        ``processes > 1`` spreads the served exchanges over that many streamer
+        processes (as ``coby stream --processes`` does) and combines their
+        measurements (:func:`combine_results`).
+        """
         py = sys.executable
         with tempfile.TemporaryDirectory(prefix="coby-bench-") as data_dir:
             env = {**self.env, "COBY_DATA_DIR": data_dir}
@@ -106,14 +120,26 @@ class Harness:
                 if not line:
                     raise RuntimeError(f"exchange process exited with {server.wait()} before listening")
                 ready = orjson.loads(line)
-                command = [py, "-m", "streamer.bench.e2e.worker", orjson.dumps(ready["feeds"]).decode(),
-                           "--timeout", str(timeout), "--warmup", str(warmup)]
-                command += (["--expect-frames", str(ready["expect_frames"])] if expect
-                            else ["--duration", str(duration)])
-                worker = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout + 60)
-                if worker.returncode != 0:
-                    raise RuntimeError(f"streamer process failed ({worker.returncode}): {worker.stderr[-2000:]}")
-                result = orjson.loads(worker.stdout.strip().splitlines()[-1])
+                groups = _spread(ready["feeds"], processes)
+                if len(groups) > 1:
+                    wipe(load_settings(env))  # once, before the workers start (each keeps what it finds)
+
+                def command(feeds: list[dict]) -> list[str]:
+                    args = [py, "-m", "streamer.bench.e2e.worker", orjson.dumps(feeds).decode(),
+                            "--timeout", str(timeout), "--warmup", str(warmup)]
+                    args += (["--expect-frames", str(ready["expect_frames"])] if expect
+                             else ["--duration", str(duration)])
+                    return args + (["--keep"] if len(groups) > 1 else [])
+
+                workers = [subprocess.Popen(command(feeds), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True) for feeds in groups]
+                results = []
+                for worker in workers:
+                    out, err = worker.communicate(timeout=timeout + 60)
+                    if worker.returncode != 0:
+                        raise RuntimeError(f"streamer process failed ({worker.returncode}): {err[-2000:]}")
+                    results.append(orjson.loads(out.strip().splitlines()[-1]))
+                result = results[0] if len(results) == 1 else combine_results(results)
                 server.stdin.close()
                 served = orjson.loads(server.stdout.readline() or "{}")
                 result["served"] = served
@@ -127,6 +153,47 @@ class Harness:
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+
+
+def _spread(feeds: list[dict], processes: int) -> list[list[dict]]:
+    """The served feeds in ``processes`` groups (round robin; one exchange is never split)."""
+    count = max(1, min(processes, len(feeds)))
+    return [feeds[i::count] for i in range(count)]
+
+
+def combine_results(results: list[dict]) -> dict:
+    """Several streamer processes of one run as one streamer: rates and CPU add up,
+    peak RSS adds up (the memory the deployment needs), latency and loop lag are
+    the worst process's."""
+    def total(key: str) -> float | None:
+        values = [r.get(key) for r in results]
+        return None if any(v is None for v in values) else sum(values)
+
+    def worst(key: str) -> float | None:
+        values = [r.get(key) for r in results if r.get(key) is not None]
+        return max(values) if values else None
+
+    frames = total("frames") or 0
+    cpu = total("cpu_s") or 0.0
+    combined = {
+        "processes": len(results),
+        "frames": frames,
+        "frames_per_s": total("frames_per_s"),
+        "level_updates_per_s": total("level_updates_per_s"),
+        "cpu_s": cpu,
+        "cpu_s_per_100k_frames": cpu / frames * 100_000 if frames else None,
+        "cpu_utilisation": total("cpu_utilisation"),
+        "peak_rss_mb": total("peak_rss_mb"),
+        "peak_rss_mb_per_process": [r.get("peak_rss_mb") for r in results],
+        "timed_out": any(r.get("timed_out") for r in results),
+        "counters": {key: sum(r.get("counters", {}).get(key, 0) or 0 for r in results)
+                     for key in ("checksum_ok", "checksum_failed", "sequence_gaps", "book_updates", "frames")},
+        "per_process": results,
+    }
+    for key in results[0]:
+        if key.startswith(("latency_", "loop_lag_", "gc_pause_max")):
+            combined[key] = worst(key)
+    return combined
 
 
 def _figures_of(prefix: str, results: list[dict], command: str, **extra) -> list[dict]:
@@ -241,41 +308,97 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
                             duration_s=duration, paced="real time"))
 
         # 1c. Captures paced at a constant frame rate: receipt-to-Redis latency at 10k frames/s.
-        paced_rates = (PACED_RATE,)
+        # Looped on one connection (Kraken and OKX resend their snapshots in-band,
+        # so each loop resets the books): a reconnect per loop would put a
+        # handshake and a full resync into the latency every few hundred frames.
         paced = options.captures if not options.quick else options.captures[:1]
         for name in paced if "paced" in options.groups else ():
             path = folder / f"{name}.session1.jsonl.gz"
             if name not in PACED_CAPTURES or not path.exists():
                 continue
-            frames_per_loop = len(floors.capture_frames(path))
-            for rate in paced_rates:
+            capture = load_capture(path)
+            frames_per_loop = sum(1 for rec in capture.records if rec["dir"] == "recv")
+            for rate in (PACED_RATE,):
                 # Enough loops for warm-up and duration, with a margin: the run ends at its duration.
                 loops = max(1, int(-(-(duration + 3.0) * rate // frames_per_loop)))
-                results = [harness.run_case(["capture", str(path), "--loops", str(loops), "--rate", str(rate)],
-                                            expect=False, duration=duration, warmup=1.0)
-                           for _ in range(runs)]
+                with tempfile.TemporaryDirectory(prefix="coby-bench-paced-") as tmp:
+                    looped = Path(tmp) / f"{name}.x{loops}.jsonl.gz"
+                    write_looped_capture(capture, loops, looped)
+                    results = [harness.run_case(["capture", str(looped), "--rate", str(rate)],
+                                                expect=False, duration=duration, warmup=1.0)
+                               for _ in range(runs)]
                 add(_figures_of(f"paced.{name}.rate{rate}", results, cmd, offered_frames_per_s=rate,
                                 duration_s=duration, loops=loops, frames_per_loop=frames_per_loop,
-                                paced="constant frame rate, looped capture"))
+                                paced="constant frame rate; the capture looped on one connection"))
 
-        # 6. Scale: as fast as the streamer reads, more symbols, more exchanges.
-        scale_cases = [] if not (options.simulated and "scale" in options.groups) else [("okx", 10)] if options.quick else [
-            ("okx", 10), ("okx", 100), ("okx", 1000), ("binance,kraken,okx", 10), ("binance,kraken,okx", 100),
-        ]
-        for exchanges, symbols in scale_cases:
-            results = [harness.run_case(["simulate", "--exchanges", exchanges, "--symbols", str(symbols),
-                                         "--rate", "1000", "--max-speed"],
-                                        expect=False, duration=duration, warmup=1.0)
-                       for _ in range(runs)]
-            label = exchanges.replace(",", "+")
-            add(_figures_of(f"scale.{label}.{symbols}sym", results, cmd, symbols=symbols, exchanges=exchanges,
-                            duration_s=duration, paced="as fast as the streamer reads (server backpressure)"))
+        # 6. Scale: as fast as the streamer reads, more symbols, more exchanges. The simulated
+        # markets are pre-rendered once per suite run and served from the recordings (see
+        # scale_sources), so the streamer, not the simulator, sets the pace.
+        scale_cases = () if not (options.simulated and "scale" in options.groups) else (
+            SCALE_QUICK_CASES if options.quick else SCALE_CASES)
+        if scale_cases:
+            with tempfile.TemporaryDirectory(prefix="coby-bench-scale-") as tmp:
+                sources = scale_sources(scale_cases, Path(tmp), quick=options.quick)
+                for exchanges, symbols in scale_cases:
+                    add(scale_case(harness, sources, exchanges, symbols, runs=runs, duration=duration, command=cmd))
+                    if "," in exchanges and not options.quick:
+                        # What the streamer does about one saturated process: one process per exchange.
+                        processes = len(exchanges.split(","))
+                        add(scale_case(harness, sources, exchanges, symbols, runs=runs, duration=duration,
+                                       command=cmd, processes=processes))
 
         # 7. Soak: one long run at full speed; RSS sampled every half second.
         soak_path = folder / f"{SOAK_CAPTURE}.session1.jsonl.gz"
         if "soak" in options.groups and soak_path.exists():
             add(soak_figures(harness, soak_path, options.soak_seconds, cmd))
     return figures
+
+
+#: Scale cases: (exchanges, symbols per exchange); the quick run has one small case.
+SCALE_CASES = (("okx", 10), ("okx", 100), ("okx", 1000), ("binance,kraken,okx", 10), ("binance,kraken,okx", 100))
+SCALE_QUICK_CASES = (("okx", 10),)
+#: Frames recorded per pre-rendered source: a loop lasts seconds at the streamer's rate, so
+#: the reconnect and resync that start each loop are a small part of a run.
+SCALE_FRAMES = 100_000
+SCALE_QUICK_FRAMES = 20_000
+#: Loops offered to a scale run: more than any run can read (the run ends at its duration).
+SCALE_LOOPS = 1_000_000
+SCALE_NOTE = ("source: a pre-rendered market-simulator recording (coby-capture), served looped at full speed "
+              "from its own process; each loop is a reconnect that resyncs every book from the recorded snapshots")
+
+
+def scale_sources(cases: tuple[tuple[str, int], ...], directory: Path, *, quick: bool) -> dict:
+    """Record every (exchange, symbol count) the scale cases use, once, into ``directory``.
+
+    The live simulator renders only a few thousand frames per second, well
+    below what the streamer reads; a recording replays at socket speed.
+    Symbols are :func:`.serve.simulated_symbols`, as the live cases had.
+    Returns ``{(protocol, symbols): prerender.Prerendered}``.
+    """
+    from . import prerender  # here: only the scale cases need the simulator
+
+    wanted = [(protocol, symbols) for exchanges, symbols in cases for protocol in exchanges.split(",")]
+    frames = SCALE_QUICK_FRAMES if quick else SCALE_FRAMES
+    log.info("pre-rendering %d simulated sessions of %d frames", len(set(wanted)), frames)
+    return prerender.prerender_many(wanted, directory, frames)
+
+
+def scale_case(harness: Harness, sources: dict, exchanges: str, symbols: int, *, runs: int, duration: float,
+               command: str, processes: int = 1) -> list[dict]:
+    """One scale case: the exchanges' recordings served together, looped, for ``duration`` seconds a run."""
+    from .prerender import DEFAULT_RATE  # here: only the scale cases need the simulator
+
+    recorded = [sources[(protocol, symbols)] for protocol in exchanges.split(",")]
+    serve_args = ["capture", *(str(item.path) for item in recorded), "--loops", str(SCALE_LOOPS)]
+    results = [harness.run_case(serve_args, expect=False, duration=duration, warmup=1.0, processes=processes)
+               for _ in range(runs)]
+    label = exchanges.replace(",", "+") + f".{symbols}sym" + (f".{processes}proc" if processes > 1 else "")
+    return _figures_of(f"scale.{label}", results, command, symbols=symbols, exchanges=exchanges,
+                       streamer_processes=processes,
+                       duration_s=duration, paced="as fast as the streamer reads (server backpressure)",
+                       note=SCALE_NOTE, frames_per_loop=sum(item.frames for item in recorded),
+                       rate_per_symbol=DEFAULT_RATE,
+                       connections_per_run=[r.get("served", {}).get("connections") for r in results])
 
 
 def soak_figures(harness: Harness, path: Path, seconds: float, command: str) -> list[dict]:
