@@ -67,7 +67,7 @@ class Streamer:
         self.feed_configs = feeds
         self.record_dir = record_dir
         self.pg = PostgresSink(settings)
-        self.redis = RedisSink(settings)
+        self.redis = RedisSink(settings, coalesce_delay=settings.redis_coalesce_ms / 1000)
         self.outputs = Outputs(self.pg, self.redis, redis_depth=settings.heatmap_depth)
         self.feeds: list[ExchangeFeed] = []
         self._writers: list[CaptureWriter] = []

@@ -417,6 +417,7 @@ def export_env(settings: Settings) -> dict[str, str]:
         "COBY_RETENTION_DAYS": str(settings.retention_days),
         "COBY_PARTITIONS_AHEAD_DAYS": str(settings.partitions_ahead_days),
         "COBY_TRADE_STREAM_MAXLEN": str(settings.trade_stream_maxlen),
+        "COBY_REDIS_COALESCE_MS": repr(settings.redis_coalesce_ms),
         "COBY_CAPTURES_DIR": str(settings.captures_dir),
     }
     if db.password:
