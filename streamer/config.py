@@ -56,7 +56,8 @@ def _choice(env: Mapping[str, str], name: str, default: int, choices: tuple[int,
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0,
+           inclusive: bool = False) -> float:
     raw = _get(env, name)
     if raw is None:
         return default
@@ -64,8 +65,8 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= minimum:
-        raise ConfigError(f"{name} must be a finite number > {minimum}, got {raw!r}")
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        raise ConfigError(f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum}, got {raw!r}")
     return value
 
 
@@ -208,7 +209,8 @@ class Settings:
     partitions_ahead_days: int = 2
     trade_stream_maxlen: int = 10_000
     #: Milliseconds a changed book waits for further changes before the live
-    #: cache writes it (lower: fresher Redis; higher: less CPU per frame).
+    #: cache writes it (lower: fresher Redis; higher: less CPU per frame; 0:
+    #: written as soon as the frames already received are processed).
     redis_coalesce_ms: float = 1.0
     #: Seconds without any frame after which a connection counts as stalled and reconnects.
     stall_timeout: float = 30.0
@@ -392,7 +394,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_int(env, "COBY_RETENTION_DAYS", 30),
         partitions_ahead_days=_int(env, "COBY_PARTITIONS_AHEAD_DAYS", 2, minimum=0),
         trade_stream_maxlen=_int(env, "COBY_TRADE_STREAM_MAXLEN", 10_000, minimum=10),
-        redis_coalesce_ms=_float(env, "COBY_REDIS_COALESCE_MS", 1.0, minimum=0.0),
+        redis_coalesce_ms=_float(env, "COBY_REDIS_COALESCE_MS", 1.0, minimum=0.0, inclusive=True),
         stall_timeout=_float(env, "COBY_STALL_TIMEOUT", 30.0),
         max_frame_bytes=_int(env, "COBY_MAX_FRAME_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024),
         captures_dir=Path(_get(env, "COBY_CAPTURES_DIR") or "../shared/fixtures/captures"),

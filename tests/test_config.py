@@ -168,3 +168,15 @@ def test_kraken_book_depth_is_one_of_krakens_depths():
     assert load_settings({}).kraken_book_depth == 100
     with pytest.raises(ConfigError, match="COBY_KRAKEN_BOOK_DEPTH"):
         load_settings({"COBY_KRAKEN_BOOK_DEPTH": "50"})
+
+
+def test_redis_coalesce_delay_accepts_zero_and_refuses_negative_values():
+    from streamer.config import load_settings
+    from streamer.errors import ConfigError
+
+    assert load_settings({"COBY_REDIS_COALESCE_MS": "0"}).redis_coalesce_ms == 0.0
+    assert load_settings({"COBY_REDIS_COALESCE_MS": "2.5"}).redis_coalesce_ms == 2.5
+    assert load_settings({}).redis_coalesce_ms == 1.0
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(ConfigError, match="COBY_REDIS_COALESCE_MS"):
+            load_settings({"COBY_REDIS_COALESCE_MS": bad})

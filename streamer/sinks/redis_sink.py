@@ -331,8 +331,9 @@ class RedisSink:
                 pass
             self._wake.clear()
             try:
-                if self.coalesce_delay and self._has_work():
-                    # Let the changes of the next frames join this write.
+                if self.coalesce_delay is not None and self._has_work():
+                    # Let the changes of the next frames join this write (0: of the
+                    # frames already received, which run before this task resumes).
                     await asyncio.sleep(self.coalesce_delay)
                 if not self._has_work():
                     await self._check_health()

@@ -103,6 +103,7 @@ class LoopWatch:
     def __init__(self) -> None:
         self.lags_us: list[int] = []
         self.gc_pauses_us: list[int] = []
+        self.gc_by_generation: dict[int, list[int]] = {}
         self._gc_started = 0.0
         self.active = False
 
@@ -110,7 +111,9 @@ class LoopWatch:
         if phase == "start":
             self._gc_started = time.perf_counter()
         elif self.active:
-            self.gc_pauses_us.append(int((time.perf_counter() - self._gc_started) * 1e6))
+            pause = int((time.perf_counter() - self._gc_started) * 1e6)
+            self.gc_pauses_us.append(pause)
+            self.gc_by_generation.setdefault(info["generation"], []).append(pause)
 
     async def run(self) -> None:
         gc.callbacks.append(self._on_gc)
@@ -128,7 +131,9 @@ class LoopWatch:
         pauses = sorted(self.gc_pauses_us)
         out: dict = {"gc_collections": len(pauses),
                      "gc_pause_max_ms": pauses[-1] / 1000 if pauses else 0.0,
-                     "gc_pause_total_ms": sum(pauses) / 1000}
+                     "gc_pause_total_ms": sum(pauses) / 1000,
+                     # generation: [collections, longest pause ms]
+                     "gc_generations": {str(g): [len(v), max(v) / 1000] for g, v in sorted(self.gc_by_generation.items())}}
         for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
             value = percentile(lags, q)
             out[f"loop_lag_{label}_ms"] = None if value is None else value / 1000
