@@ -28,3 +28,30 @@ def test_streamer_bench_quick_produces_well_formed_figures(settings, captures_di
     # The looped capture arrived whole, every checksum held, no gap.
     assert rate["timed_out"] == [False]
     assert rate["checksum_failed"] == [0] and rate["checksum_ok"][0] > 0 and rate["sequence_gaps"] == [0]
+    # The paced case ran at its offered load and measured latency and the loop.
+    for name in ("paced.okx.rate10000.frames_per_s", "paced.okx.rate10000.latency_p99_ms",
+                 "paced.okx.rate10000.loop_lag_p99_ms", "paced.okx.rate10000.gc_pause_max_ms"):
+        assert name in by_name, name
+
+
+def test_several_streamer_processes_combine_into_one_run():
+    from streamer.bench.e2e.suite import _spread, combine_results
+
+    feeds = [{"exchange": e} for e in ("binance", "kraken", "okx")]
+    assert _spread(feeds, 3) == [[feeds[0]], [feeds[1]], [feeds[2]]]
+    assert _spread(feeds, 2) == [[feeds[0], feeds[2]], [feeds[1]]]
+    assert _spread(feeds, 1) == [feeds]
+    runs = [
+        {"frames": 100, "frames_per_s": 50.0, "level_updates_per_s": 80.0, "cpu_s": 1.0, "cpu_utilisation": 0.5,
+         "peak_rss_mb": 100.0, "latency_latest_p99_ms": 3.0, "loop_lag_p99_ms": 1.0,
+         "counters": {"checksum_ok": 10, "checksum_failed": 0, "sequence_gaps": 0}},
+        {"frames": 300, "frames_per_s": 150.0, "level_updates_per_s": 20.0, "cpu_s": 3.0, "cpu_utilisation": 0.75,
+         "peak_rss_mb": 120.0, "latency_latest_p99_ms": 9.0, "loop_lag_p99_ms": 4.0,
+         "counters": {"checksum_ok": 5, "checksum_failed": 1, "sequence_gaps": 2}},
+    ]
+    combined = combine_results(runs)
+    assert (combined["frames"], combined["frames_per_s"], combined["level_updates_per_s"]) == (400, 200.0, 100.0)
+    assert combined["cpu_s_per_100k_frames"] == 1000.0 and combined["cpu_utilisation"] == 1.25
+    assert combined["peak_rss_mb"] == 220.0 and combined["peak_rss_mb_per_process"] == [100.0, 120.0]
+    assert combined["latency_latest_p99_ms"] == 9.0 and combined["loop_lag_p99_ms"] == 4.0  # the worst process
+    assert combined["counters"]["checksum_ok"] == 15 and combined["counters"]["sequence_gaps"] == 2

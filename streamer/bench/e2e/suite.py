@@ -103,12 +103,14 @@ class Harness:
         self.env = env
 
     def run_case(self, serve_args: list[str], *, expect: bool, duration: float | None = None,
-                 warmup: float = 0.0, timeout: float = 300.0, processes: int = 1) -> dict[str, Any]:
+                 warmup: float = 0.0, timeout: float = 300.0, processes: int = 1,
+                 wrap: list[str] | None = None) -> dict[str, Any]:
         """One run: an exchange process serving ``serve_args`` and streamer process(es) reading it.
 
         ``processes > 1`` spreads the served exchanges over that many streamer
         processes (as ``coby stream --processes`` does) and combines their
-        measurements (:func:`combine_results`).
+        measurements (:func:`combine_results`). ``wrap`` prefixes the streamer
+        command (a profiler, see :mod:`.profile`).
         """
         py = sys.executable
         with tempfile.TemporaryDirectory(prefix="coby-bench-") as data_dir:
@@ -129,7 +131,7 @@ class Harness:
                             "--timeout", str(timeout), "--warmup", str(warmup)]
                     args += (["--expect-frames", str(ready["expect_frames"])] if expect
                              else ["--duration", str(duration)])
-                    return args + (["--keep"] if len(groups) > 1 else [])
+                    return [*(wrap or []), *args, *(["--keep"] if len(groups) > 1 else [])]
 
                 workers = [subprocess.Popen(command(feeds), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True) for feeds in groups]

@@ -16,26 +16,27 @@ from ...models import RawLevel
 
 CHECKSUM_LEVELS = 10
 
-# The checksum runs after every frame over the same few dozen strings, which
-# change slowly: each string's checksum form is kept once computed. Bounded:
-# cleared when it grows past this many strings.
-_FRAGMENTS: dict[str, str] = {}
+# The checksum runs after every frame over the same twenty levels, which
+# change slowly: each level's checksum form is kept once computed. Bounded:
+# cleared when it grows past this many levels.
+_FRAGMENTS: dict[RawLevel, str] = {}
 _FRAGMENTS_MAX = 200_000
 
 
-def _fragment(field: str) -> str:
-    """``field`` without its decimal point and leading zeros (cached)."""
+def _fragment(level: RawLevel) -> str:
+    """A level's price then size, each without its decimal point and leading zeros (cached)."""
     if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
         _FRAGMENTS.clear()
-    value = _FRAGMENTS[field] = field.replace(".", "").lstrip("0")
+    price, size = level
+    value = _FRAGMENTS[level] = price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
     return value
 
 
 def kraken_checksum(asks_top10: Sequence[RawLevel], bids_top10: Sequence[RawLevel]) -> int:
     """Checksum of a book given its best asks (ascending) and best bids (descending)."""
     known = _FRAGMENTS.get
-    # "or" falls through for an uncached field, and for a cached empty fragment
-    # (a zero), which _fragment recomputes as empty again: same result.
-    parts = [known(f) or _fragment(f) for level in asks_top10[:CHECKSUM_LEVELS] for f in level]
-    parts += [known(f) or _fragment(f) for level in bids_top10[:CHECKSUM_LEVELS] for f in level]
+    # "or" falls through for an uncached level, and for a cached empty fragment
+    # (price and size all zeros), which _fragment recomputes as empty again.
+    parts = [known(level) or _fragment(level) for level in asks_top10[:CHECKSUM_LEVELS]]
+    parts += [known(level) or _fragment(level) for level in bids_top10[:CHECKSUM_LEVELS]]
     return crc32("".join(parts).encode("ascii"))

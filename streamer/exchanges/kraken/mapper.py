@@ -242,25 +242,26 @@ class KrakenSpotMapper(ExchangeMapper):
         latest = ""  # the latest level timestamp, compared as text of equal shape
         latest_value = -1.0
         for payload in msg[1:-2]:
-            if not isinstance(payload, dict):
+            if type(payload) is not dict:
                 raise MalformedFrameError("book payload must be an object")
             known = False
-            for key, target in (("as", asks), ("bs", bids), ("a", asks), ("b", bids)):
-                levels = payload.get(key)
-                if levels is None:
-                    continue
-                known = True
-                if len(key) == 2:
-                    snapshot = True
-                stamp, value = _parse_levels(levels, key, target)
-                if value > latest_value:
-                    latest, latest_value = stamp, value
-            if "c" in payload:
-                known = True
-                text = payload["c"]
-                if type(text) is not str or not (text.isascii() and text.isdigit()):
-                    raise MalformedFrameError(f"checksum 'c' must be a decimal string, got {text!r}"[:200])
-                checksum = int(text)
+            # One pass over the payload's own keys (one or two per frame) rather
+            # than a lookup of every possible key.
+            for key, value in payload.items():
+                side = _BOOK_KEYS.get(key)
+                if side is not None:
+                    known = True
+                    is_ask, is_snapshot = side
+                    if is_snapshot:
+                        snapshot = True
+                    stamp, stamp_value = _parse_levels(value, key, asks if is_ask else bids)
+                    if stamp_value > latest_value:
+                        latest, latest_value = stamp, stamp_value
+                elif key == "c":
+                    known = True
+                    if type(value) is not str or not (value.isascii() and value.isdigit()):
+                        raise MalformedFrameError(f"checksum 'c' must be a decimal string, got {value!r}"[:200])
+                    checksum = int(value)
             if not known:
                 raise MalformedFrameError(f"book payload has none of as/bs/a/b/c: {sorted(payload)!r}"[:200])
         # Recorded only once the frame is known to be good, so a bad frame cannot change the depth.
@@ -290,6 +291,10 @@ class KrakenSpotMapper(ExchangeMapper):
                 side, local_ts, _timestamp_us(time_text),
             ))
         return out
+
+
+#: Book payload keys: (asks?, snapshot?). "as"/"bs" open a snapshot, "a"/"b" are updates.
+_BOOK_KEYS = {"as": (True, True), "bs": (False, True), "a": (True, False), "b": (False, False)}
 
 
 def _parse_levels(levels: Any, key: str, target: list[RawLevel]) -> tuple[str, float]:
