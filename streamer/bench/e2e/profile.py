@@ -4,11 +4,11 @@
 
 Runs one benchmark case (the capture served from its own process, looped on
 one connection as the peer suite does; ``--rate`` paces it) with the streamer
-process under ``py-spy record`` (the ``bench`` extra), then prints the share
-of samples per component: the processor's mapper, book sync and row
-building, the journal, the PostgreSQL and Redis sinks, the socket, and the
-event loop waiting for input. PostgreSQL, Redis and the exchange process are
-not in the profile. Needs PostgreSQL and Redis from the environment as every
+process under ``py-spy record --gil`` (the ``bench`` extra: only samples
+that hold the GIL, so Python CPU time), then prints the share of samples per
+component: the processor's mapper, book sync and row building, the journal,
+the PostgreSQL and Redis sinks, the socket, and process start-up. PostgreSQL,
+Redis and the exchange process are not in the profile. Needs PostgreSQL and Redis from the environment as every
 ``coby`` command.
 """
 
@@ -37,7 +37,7 @@ COMPONENTS = (
     ("PostgreSQL sink (COPY formatting, I/O)", ("PostgresSink._run", "PostgresSink.flush")),
     ("Redis sink (documents, pipeline)", ("RedisSink._run", "RedisSink.flush")),
     ("socket and WebSocket framing", ("_read_ready", "Connection.recv", "WsClient._receive_loop")),
-    ("event loop waiting for input", ("EpollSelector.select",)),
+    ("process start-up (imports)", ("_find_and_load",)),
 )
 
 
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
     args = parser.parse_args(argv)
-    spy = shutil.which("py-spy")
+    # The virtual environment's own first (its bin/ need not be on PATH).
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if spy is None:
         print("py-spy is not installed (pip install -e '.[bench]')", file=sys.stderr)
         return 2
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         serve = ["capture", str(args.capture)] + (["--rate", str(args.rate)] if args.rate else [])
         result = Harness({**os.environ, **export_env(resolved)}).run_case(
             serve, expect=False, duration=args.seconds, warmup=1.0,
-            wrap=[spy, "record", "--rate", "200", "--format", "raw", "--output", str(raw), "--"])
+            # --gil: only samples that hold the GIL, i.e. Python CPU time (idle
+            # threads and the loop's wait for input are left out).
+            wrap=[spy, "record", "--gil", "--rate", "200", "--format", "raw", "--output", str(raw), "--"])
         print(f"{args.capture.name}: {result['frames_per_s']:,.0f} frames/s, "
               f"{result['cpu_utilisation']:.2f} cores, {result['cpu_s_per_100k_frames']:.2f} CPU s / 100k frames "
               f"(under the profiler)")

@@ -140,7 +140,9 @@ class Harness:
                     out, err = worker.communicate(timeout=timeout + 60)
                     if worker.returncode != 0:
                         raise RuntimeError(f"streamer process failed ({worker.returncode}): {err[-2000:]}")
-                    results.append(orjson.loads(out.strip().splitlines()[-1]))
+                    # The last JSON line: a profiler wrapping the worker may print after it.
+                    results.append(orjson.loads(next(line for line in reversed(out.splitlines())
+                                                     if line.startswith("{"))))
                 result = results[0] if len(results) == 1 else combine_results(results)
                 server.stdin.close()
                 served = orjson.loads(server.stdout.readline() or "{}")
