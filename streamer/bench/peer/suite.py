@@ -14,7 +14,11 @@ For each of the binance-spot, kraken-spot and okx captures (looped, see
   Its rate is measured from the first frame received until every frame was
   received and PostgreSQL and Redis were flushed (start-up excluded, COPY
   included). Each COBY run gets a fresh data directory (its journal) and a
-  fresh schema.
+  fresh schema;
+* ``coby_processor``: COBY's :class:`~streamer.processor.FeedProcessor` alone
+  on the same frames in the suite's process (parse, book sync with checksums,
+  rows; no transport, nothing stored), the conditions cryptofeed runs under
+  here, for a like-for-like ratio.
 
 Ratios are COBY/cryptofeed per run, then the median over runs. Every
 cryptofeed run and every COBY run is a process of its own.
@@ -50,6 +54,7 @@ from ...errors import ConfigError
 from ...embedded import ensure_database, export_env
 from ...services import running_services
 from ..e2e.figures import figure
+from ..e2e.floors import processor_rate
 from ..e2e.suite import Harness
 from .frames import write_looped_capture
 
@@ -194,13 +199,16 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
     frames = write_looped_capture(capture, loops, looped_file)
 
     noop, backends, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], []
-    coby, coby_cpu, coby_rss = [], [], []
+    coby, coby_cpu, coby_rss, processor = [], [], [], []
     checks: dict[str, Any] = {}
     for run in range(runs):
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
         cf_noop = harness.cryptofeed(path, protocol, loops, "noop")
         cf_back = harness.cryptofeed(path, protocol, loops, "backends")
         full = harness.coby(looped_file)
+        # COBY's processor alone on the same frames, in this process: like cryptofeed
+        # here, no transport and nothing stored (but it builds the rows).
+        processor.append(processor_rate(path, loops)[0])
         counters = full["counters"]
         coby.append(full["frames_per_s"])
         coby_cpu.append(full["cpu_s_per_100k_frames"])
@@ -234,6 +242,11 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": window}),
         (f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x", {}),
         (f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)], "x", {}),
+        (f"{prefix}.coby_processor.frames_per_s", processor, "frames/s",
+         {"method": "FeedProcessor alone over the capture's journal records, loops times (parse, book sync with "
+                    "checksums, rows); no transport, nothing stored: the same conditions as cryptofeed here"}),
+        (f"{prefix}.ratio.coby_processor_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(processor, noop)],
+         "x", {}),
         (f"{prefix}.cryptofeed_noop.cpu_s_per_100k_frames", noop_cpu, "s", {}),
         (f"{prefix}.cryptofeed_pg_redis.cpu_s_per_100k_frames", backends_cpu, "s",
          {"note": "cryptofeed's process only (PostgreSQL and Redis server CPU not counted)"}),
