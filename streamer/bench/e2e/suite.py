@@ -66,6 +66,7 @@ DEFAULT_GROUPS = ("e2e", "paced", "sim", "scale")
 #: Capture of the soak run, and how its RSS drift is judged: after this warm-up.
 SOAK_CAPTURE = "okx"
 SOAK_WARMUP_S = 60.0
+SOAK_FRAMES_PER_CONNECTION = 50_000
 
 
 @dataclass
@@ -406,15 +407,24 @@ def scale_case(harness: Harness, sources: dict, exchanges: str, symbols: int, *,
 
 
 def soak_figures(harness: Harness, path: Path, seconds: float, command: str) -> list[dict]:
-    """One run of ``seconds`` at full speed (the capture looped on reconnects); RSS drift after warm-up.
+    """One run of ``seconds`` at full speed; RSS drift after warm-up.
 
+    The capture is looped on one connection (in-band snapshots reset the books
+    every loop) to about SOAK_FRAMES_PER_CONNECTION frames, and that is served
+    on reconnect after reconnect until the time is up: a long session with a
+    reconnect every few seconds, as an unsteady exchange connection has.
     ``rss_growth`` is (the highest RSS after the warm-up) / (RSS at the end of
     the warm-up) - 1: the target is a flat RSS, within 20 %.
     """
-    frames_per_loop = len(floors.capture_frames(path))
-    loops = 1_000_000  # more than any run can use: the run ends at its duration
-    result = harness.run_case(["capture", str(path), "--loops", str(loops)], expect=False, duration=seconds,
-                              warmup=0.0, timeout=seconds + 120)
+    capture = load_capture(path)
+    per_loop = sum(1 for rec in capture.records if rec["dir"] == "recv")
+    inner = max(1, SOAK_FRAMES_PER_CONNECTION // per_loop)
+    with tempfile.TemporaryDirectory(prefix="coby-bench-soak-") as tmp:
+        looped = Path(tmp) / f"{path.name.split('.')[0]}.x{inner}.jsonl.gz"
+        frames_per_loop = write_looped_capture(capture, inner, looped)
+        # More connections than any run can use: the run ends at its duration.
+        result = harness.run_case(["capture", str(looped), "--loops", "1000000"], expect=False, duration=seconds,
+                                  warmup=0.0, timeout=seconds + 120)
     samples = result["rss_mb"]  # one per 0.5 s from the first frame
     warm = int(min(SOAK_WARMUP_S, seconds / 4) * 2)
     base = samples[warm] if len(samples) > warm else samples[-1]
@@ -422,7 +432,8 @@ def soak_figures(harness: Harness, path: Path, seconds: float, command: str) -> 
     growth = max(after) / base - 1
     extra = dict(case="soak", capture=path.name, duration_s=seconds, frames_per_loop=frames_per_loop,
                  warmup_s=warm / 2, rss_mb_samples=samples[::20], rss_mb_at_warmup=base, rss_mb_end=samples[-1],
-                 frames=result["frames"], counters=result.get("counters", {}))
+                 frames=result["frames"], counters=result.get("counters", {}),
+                 connections=result.get("served", {}).get("connections"))
     name = f"soak.{path.name.split('.')[0]}.{int(seconds)}s"
     return [
         figure(f"{name}.rss_growth", [growth], "fraction", command,
