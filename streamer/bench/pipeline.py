@@ -7,9 +7,11 @@ drift on the machine hits every case alike and ratios compare like with like):
   (:func:`coby_pipeline.lib.price_buckets.price_buckets_query`) over the
   hour's replay Parquet, input rows (snapshot levels + trades) per second;
   bucket sizes are resolved before timing, as the asset does before its query.
+  Timed with the query's own profile scan (the times, names and price ranges
+  its integer keys are sized from), which the asset gets from its first scan.
 - ``pipeline.price_buckets_asset``: :func:`compute_price_buckets`, all the
-  asset computes: the symbol scan and the reference prices that size the
-  buckets of unconfigured symbols, then the query.
+  asset computes: one scan for the symbols, the reference prices that size the
+  buckets of unconfigured symbols and the query's profile, then the query.
 - ``pipeline.price_buckets_duckdb``: the same computation (last snapshot of
   each second, the same exact bucket-edge rule, the trade volumes, the full
   join and the sort) as one DuckDB SQL query over the same files.
@@ -372,10 +374,11 @@ def _measure(base: Path, *, runs: int, rows: int, day_hour_rows: int, command: s
     figures = [
         figure("pipeline.price_buckets", rate("price_buckets", bucket_input), "rows/s", command,
                input_rows=bucket_input, output_rows=bucket_rows, hour=hour,
-               what="price_buckets_query (the asset's query) over the hour's replay Parquet"),
+               what="price_buckets_query (the asset's query, with its profile scan) over the hour's replay Parquet"),
         figure("pipeline.price_buckets_asset", rate("price_buckets_asset", bucket_input), "rows/s", command,
                input_rows=bucket_input,
-               what="compute_price_buckets (what the asset calls): symbol scan, reference prices, then the query"),
+               what="compute_price_buckets (what the asset calls): one scan for symbols, reference prices and "
+                    "the key profile, then the query"),
         figure("pipeline.price_buckets_duckdb", rate("price_buckets_duckdb", bucket_input), "rows/s", command,
                input_rows=bucket_input, agreement=check,
                what="the same price-bucket computation as one DuckDB SQL query over the same Parquet"),
