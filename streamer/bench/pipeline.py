@@ -64,6 +64,7 @@ from coby_pipeline.lib.price_buckets import (
     compute_price_buckets,
     price_buckets_query,
     reference_prices,
+    size_table,
     symbols_of,
 )
 from coby_pipeline.lib.quality import quality_scores
@@ -173,14 +174,9 @@ def duckdb_connection(sizes: dict[str, Decimal]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(BUCKET_EDGE_MACRO)
-    symbols, widths, nums, dens = [], [], [], []
-    for symbol, size in sorted(sizes.items()):
-        num, den = Decimal(size).as_integer_ratio()
-        symbols.append(symbol)
-        widths.append(float(size))
-        nums.append(float(num))
-        dens.append(float(den))
-    con.register("bench_bucket_sizes", pa.table({"symbol": symbols, "bucket_size": widths, "num": nums, "den": dens}))
+    # The same exact fractions the Polars query uses (size_table), so both compute the same edges.
+    table = size_table(sizes).rename({"_num": "num", "_den": "den"}).collect().to_arrow()
+    con.register("bench_bucket_sizes", table)
     return con
 
 

@@ -55,7 +55,7 @@ from ...embedded import ensure_database, export_env
 from ...services import running_services
 from ..e2e.figures import figure
 from ..e2e.floors import processor_rate
-from ..e2e.suite import Harness
+from ..e2e.suite import Harness, captures_dir
 from .frames import write_looped_capture
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ CRYPTOFEED_TABLES = (
 )
 #: cryptofeed puts its table name into its SQL text as is: only plain identifiers are passed to it.
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def captures_dir() -> Path:
-    """``COBY_CAPTURES_DIR``, default ``../shared/fixtures/captures`` from the repository root."""
-    configured = os.environ.get("COBY_CAPTURES_DIR")
-    root = Path(__file__).resolve().parents[3]
-    path = Path(configured) if configured else root / ".." / "shared" / "fixtures" / "captures"
-    return (path if path.is_absolute() else root / path).resolve()
 
 
 class PeerHarness:
