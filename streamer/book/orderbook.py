@@ -101,19 +101,6 @@ def _parse_levels_one_by_one(levels: list, what: str) -> list[RawLevel]:
     return out
 
 
-def _number(value: str, what: str) -> float:
-    """A validated float of an exchange decimal string (the cheap check of the hot path)."""
-    if type(value) is not str:
-        raise InvalidValueError(f"{what} must be a decimal string, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidValueError(f"{what} is not a number: {value!r}") from None
-    if not isfinite(number) or number < 0:
-        raise InvalidValueError(f"{what} must be finite and non-negative, got {value!r}")
-    return number
-
-
 def _invalid_level(price: object, size: object) -> InvalidValueError:
     return InvalidValueError(f"price and size must be finite, non-negative decimal strings, got {(price, size)!r}"[:300])
 
@@ -123,8 +110,11 @@ def _apply_one_by_one(target: dict, levels: Iterable[RawLevel], bid: bool) -> No
     for price, size in levels:
         if type(price) is not str or type(size) is not str:
             raise _invalid_level(price, size)
-        p = float(price)  # ValueError for text that is no number
-        s = float(size)
+        try:
+            p = float(price)
+            s = float(size)
+        except ValueError:
+            raise _invalid_level(price, size) from None
         # Chained comparisons are False for NaN, so NaN fails here too.
         if not (0.0 <= p < _INF and 0.0 <= s < _INF):
             raise _invalid_level(price, size)
@@ -140,8 +130,12 @@ def _apply_columns(target: dict, levels: list, bid: bool) -> None:
     prices, sizes = zip(*levels)  # ValueError/TypeError unless every level is a pair
     if set(map(type, prices)) != _STR_ONLY or set(map(type, sizes)) != _STR_ONLY:
         _apply_one_by_one({}, levels, bid)  # raises, naming the level
-    p_values = list(map(float, prices))
-    s_values = list(map(float, sizes))
+    try:
+        p_values = list(map(float, prices))
+        s_values = list(map(float, sizes))
+    except ValueError:
+        _apply_one_by_one({}, levels, bid)  # raises, naming the level
+        raise
     if not (all(map(isfinite, p_values)) and all(map(isfinite, s_values))
             and min(p_values) >= 0.0 and min(s_values) >= 0.0):
         _apply_one_by_one({}, levels, bid)  # raises, naming the level
@@ -177,14 +171,7 @@ class OrderBook:
         Raises :class:`~streamer.errors.InvalidValueError` for NaN, infinite,
         negative or non-numeric values; the book is unchanged then.
         """
-        levels = self._side(side)
-        p = _number(price, "price")
-        s = _number(size, "size")
-        key = -p if side == "bid" else p
-        if s == 0.0:
-            levels.pop(key, None)
-        else:
-            levels[key] = (price, size)
+        _apply_one_by_one(self._side(side), ((price, size),), side == "bid")
 
     def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
         """Apply many ``(price, size)`` pairs of one side, in order.
