@@ -268,7 +268,30 @@ class ReorderFrames(FrameFault):
         return released
 
 
-class DisconnectAfter(InjectedFault):
+class ConnectionFault(InjectedFault):
+    """A fault that fires after ``after`` selected frames on one connection,
+    ``times`` times in all: each new connection counts anew."""
+
+    def __init__(self, *, after: int, times: int, match: str | None = None, symbol: str | None = None) -> None:
+        super().__init__(match=match, symbol=symbol)
+        self.after = after
+        self.times = times
+        self._session: WsSession | None = None
+        self._on_session = 0
+
+    def _count(self, session: WsSession, data: Frame) -> int | None:
+        """This frame's number among the selected frames of its connection, or
+        None when the fault is used up or the frame is not selected."""
+        if self.applied >= self.times or not self.filter(data):
+            return None
+        if session is not self._session:
+            self._session, self._on_session = session, 0
+        self.seen += 1
+        self._on_session += 1
+        return self._on_session
+
+
+class DisconnectAfter(ConnectionFault):
     """Abort the TCP connection (no close frame) after ``after`` selected frames
     on a connection, ``times`` times in all (each new connection counts anew):
     ``times`` > 1 is a disconnect storm."""
@@ -278,25 +301,16 @@ class DisconnectAfter(InjectedFault):
 
     def __init__(self, *, after: int = 1000, times: int = 1, match: str | None = None,
                  symbol: str | None = None) -> None:
-        super().__init__(match=match, symbol=symbol)
         if after < 1 or times < 1:
             raise FaultSpecError("disconnect: after and times must be >= 1")
-        self.after = after
-        self.times = times
-        self._session: WsSession | None = None
-        self._on_session = 0
+        super().__init__(after=after, times=times, match=match, symbol=symbol)
 
     def settings(self) -> dict[str, Any]:
         return {"after": self.after, "times": self.times}
 
     async def ws_frames(self, session: WsSession, data: Frame) -> Sequence[Frame]:
-        if self.applied >= self.times or not self.filter(data):
-            return (data,)
-        if session is not self._session:
-            self._session, self._on_session = session, 0
-        self.seen += 1
-        self._on_session += 1
-        if self._on_session <= self.after:
+        number = self._count(session, data)
+        if number is None or number <= self.after:
             return (data,)
         self.applied += 1
         await session.abort()
@@ -304,7 +318,7 @@ class DisconnectAfter(InjectedFault):
         raise WsSessionClosed(f"fault plan disconnected the client on {session.path}")
 
 
-class StallAfter(InjectedFault):
+class StallAfter(ConnectionFault):
     """Stop sending for ``seconds`` (the connection stays open) after ``after``
     selected frames on a connection, ``times`` times in all. The stall ends
     early if the client gives up and disconnects."""
@@ -315,27 +329,17 @@ class StallAfter(InjectedFault):
 
     def __init__(self, *, after: int = 100, seconds: float = 30.0, times: int = 1, match: str | None = None,
                  symbol: str | None = None) -> None:
-        super().__init__(match=match, symbol=symbol)
         if after < 1 or times < 1 or not seconds > 0:
             raise FaultSpecError("stall: after and times must be >= 1, seconds > 0")
-        self.after = after
+        super().__init__(after=after, times=times, match=match, symbol=symbol)
         self.seconds = seconds
-        self.times = times
-        self._session: WsSession | None = None
-        self._on_session = 0
         self.stalling = False
 
     def settings(self) -> dict[str, Any]:
         return {"after": self.after, "seconds": self.seconds, "times": self.times}
 
     async def ws_frames(self, session: WsSession, data: Frame) -> Sequence[Frame]:
-        if self.applied >= self.times or not self.filter(data):
-            return (data,)
-        if session is not self._session:
-            self._session, self._on_session = session, 0
-        self.seen += 1
-        self._on_session += 1
-        if self._on_session != self.after + 1:
+        if self._count(session, data) != self.after + 1:
             return (data,)
         self.applied += 1
         self.stalling = True
