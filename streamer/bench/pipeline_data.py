@@ -160,13 +160,9 @@ def _updates(rng, window, shape, mid, gap, scale, lot, count: int) -> pa.Table:
     size = _sizes(rng, (count,), lot[book])
     size[rng.random(count) < 0.1] = 0.0  # a tenth of the updates delete a level
     seq = np.arange(1, count + 1, dtype=np.int64)
-    pairs = shape.pairs()
     return pa.table(
         {
-            "local_ts": _timestamps(local),
-            "exchange_ts": _timestamps(local - rng.integers(2_000, 60_000, size=count)),
-            "exchange": _strings([p[0] for p in pairs], book),
-            "symbol": _strings([p[1][0] for p in pairs], book),
+            **_event_columns(rng, local, shape, book, count),
             "side": _strings(["bid", "ask"], ask),
             "price": pa.array(ticks / scale[book]),
             "size": pa.array(size),
@@ -177,17 +173,25 @@ def _updates(rng, window, shape, mid, gap, scale, lot, count: int) -> pa.Table:
     ).cast(REPLAY_KINDS["book_updates"].arrow_schema())
 
 
+def _event_columns(rng, local, shape, book, count: int) -> dict[str, pa.Array]:
+    """The columns every event table starts with: receive and exchange times (2-60 ms
+    earlier), exchange and symbol of each event's book."""
+    pairs = shape.pairs()
+    return {
+        "local_ts": _timestamps(local),
+        "exchange_ts": _timestamps(local - rng.integers(2_000, 60_000, size=count)),
+        "exchange": _strings([p[0] for p in pairs], book),
+        "symbol": _strings([p[1][0] for p in pairs], book),
+    }
+
+
 def _trades(rng, window, shape, mid, scale, lot, count: int) -> pa.Table:
     book, local, second = _events(rng, window, shape, count)
     buy = rng.integers(0, 2, size=count)
     ticks = mid[book, second] + np.where(buy == 1, 1, -1)
-    pairs = shape.pairs()
     return pa.table(
         {
-            "local_ts": _timestamps(local),
-            "exchange_ts": _timestamps(local - rng.integers(2_000, 60_000, size=count)),
-            "exchange": _strings([p[0] for p in pairs], book),
-            "symbol": _strings([p[1][0] for p in pairs], book),
+            **_event_columns(rng, local, shape, book, count),
             "trade_id": pc.cast(pa.array(np.arange(1, count + 1, dtype=np.int64)), pa.string()),
             "price": pa.array(ticks / scale[book]),
             "size": pa.array(_sizes(rng, (count,), lot[book])),
