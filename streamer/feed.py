@@ -159,6 +159,7 @@ class ExchangeFeed:
             ping_message=self.mapper.ping_message,
             ping_interval=self.mapper.ping_interval,
             recorder=self._recorder,
+            turn_hint=self.outputs.redis,
         )
         try:
             await self._client.run()

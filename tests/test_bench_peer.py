@@ -22,7 +22,8 @@ def test_peer_bench_quick_produces_well_formed_figures(settings, captures_dir):
     by_name = {f["name"]: f for f in figures}
     for name in ("peer.okx.cryptofeed_noop.frames_per_s", "peer.okx.cryptofeed_pg_redis.frames_per_s",
                  "peer.okx.coby.frames_per_s", "peer.okx.ratio.coby_over_cryptofeed_noop",
-                 "peer.okx.ratio.coby_over_cryptofeed_pg_redis"):
+                 "peer.okx.ratio.coby_over_cryptofeed_pg_redis", "peer.okx.cryptofeed_handler.frames_per_s",
+                 "peer.okx.ratio.coby_processor_over_cryptofeed_handler"):
         assert name in by_name, name
     for f in figures:
         assert f["runs"] == len(f["samples"]) == 1
@@ -34,6 +35,9 @@ def test_peer_bench_quick_produces_well_formed_figures(settings, captures_dir):
     assert rate["coby_frames"] == rate["coby_frames_served"] == rate["frames"]
     assert rate["coby_checksum_failed"] == 0 and rate["coby_checksum_ok"] > 0
     assert rate["cryptofeed_checksum_validation"] is True and rate["cryptofeed_book_callbacks"] > 0
+    # cryptofeed read the same served frames, over its own WebSocket transport.
+    assert rate["cryptofeed_transport"] == "websocket"
+    assert rate["cryptofeed_frames"] == rate["cryptofeed_frames_served"] == rate["frames"]
     # The ratio is the two measured rates of the same run, not a constant.
     ratio = by_name["peer.okx.ratio.coby_over_cryptofeed_noop"]["median"]
     noop = by_name["peer.okx.cryptofeed_noop.frames_per_s"]["median"]

@@ -103,6 +103,25 @@ async def test_a_change_wakes_the_flusher_without_waiting_for_the_timer(settings
         assert book["seq"] == 7
 
 
+async def test_due_time_is_the_first_change_plus_the_coalescing_delay_until_written(settings, redis_client):
+    # The feed's receive loop reads due_us to give the flusher its turn on time.
+    from streamer.sinks.redis_sink import NEVER
+
+    async with _sink(settings, flush_interval=3600, coalesce_delay=0.002) as sink:
+        await asyncio.sleep(0.05)
+        assert sink.due_us == NEVER  # nothing waits
+        _publish(sink, 1)  # local_ts T0 + 1
+        _publish(sink, 2)  # a later change does not push the due time back
+        assert sink.due_us == T0 + 1 + 2_000
+        await sink.flush()
+        assert sink.due_us == NEVER
+        _publish(sink, 3)
+        assert sink.due_us == T0 + 3 + 2_000
+    async with _sink(settings, flush_interval=3600, coalesce_delay=None) as sink:
+        _publish(sink, 4)
+        assert sink.due_us == NEVER  # no coalescing flusher: nothing to give a turn to
+
+
 async def test_a_live_book_is_read_when_written_and_visible_times_are_reported(settings, redis_client):
     """publish_live_book copies nothing: the flush writes the book as it is then,
     and the hook gets the receive times of the last and of the first change."""

@@ -102,8 +102,24 @@ def oversized_quarantine(exchange: str, raw: str | bytes, limit: int, local_ts: 
 
 #: Longest the receive loop runs through queued frames before it lets other tasks run.
 YIELD_AFTER_US = 1_000
+#: ... or, once its turn has lasted this long, as soon as the ``turn_hint``'s work is due.
+YIELD_WHEN_DUE_AFTER_US = 200
 
 OnFrame = Callable[[str | bytes, int], Awaitable[None]]
+
+
+class TurnHint(Protocol):
+    """Work of another task that waits for the event loop: when it falls due (``now_us`` clock).
+
+    The live cache's flusher is one: its write of the books these frames
+    changed is due a coalescing delay after the first change. Yielding at
+    that moment, rather than at the end of a fixed turn, is what keeps the
+    receipt-to-Redis latency short while frames queue up.
+    """
+
+    due_us: int
+
+
 OnConnect = Callable[["WsClient"], Awaitable[None]]
 OnDisconnect = Callable[["WsClient", str], Awaitable[None]]
 
@@ -124,8 +140,11 @@ class WsClient:
         ping_interval: float | None = None,
         recorder: FrameRecorder | None = None,
         conn_id: int = 0,
+        turn_hint: TurnHint | None = None,
     ) -> None:
         self.name = name
+        #: Something that waits for the loop (the live cache's flusher): its ``due_us``.
+        self.turn_hint = turn_hint
         self._url_factory = url_factory
         self._on_frame = on_frame
         self._on_connect = on_connect
@@ -225,6 +244,7 @@ class WsClient:
         watchdog = asyncio.create_task(stall.run())
         recv = ws.recv
         on_frame = self._on_frame
+        hint = self.turn_hint
         turn_started = quiet_since
         try:
             while True:
@@ -248,7 +268,9 @@ class WsClient:
                 if self._recorder is not None:
                     self._recorder.recv(self.conn_id, frame)
                 await on_frame(frame, ts)
-                if ts - turn_started >= YIELD_AFTER_US:
+                turn = ts - turn_started
+                if turn >= YIELD_AFTER_US or (hint is not None and turn >= YIELD_WHEN_DUE_AFTER_US
+                                              and ts >= hint.due_us):
                     # recv() returns without suspending while frames are queued, so a
                     # burst would hold the loop: give the sinks (the live cache's
                     # latency) a turn at least every millisecond.

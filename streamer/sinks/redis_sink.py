@@ -12,7 +12,10 @@ The first change after a flush wakes the flusher, which waits
 writes: a book is visible in Redis a few milliseconds after its frame
 arrived, and a symbol that changes 200 times within one flush costs one
 ``SET`` + ``SADD`` + ``PUBLISH``, not 200. Under load the flushes run back
-to back and each carries more books. Without changes the flusher wakes every
+to back and each carries more books. :attr:`RedisSink.due_us` says when the
+pending write falls due, so a feed working through queued frames yields the
+event loop to the flusher then (``turn_hint`` in :mod:`streamer.connection.ws`)
+rather than at the end of a fixed turn. Without changes the flusher wakes every
 ``flush_interval`` seconds to check Redis's health.
 
 Redis is a cache, PostgreSQL the system of record, so Redis trouble never
@@ -42,12 +45,16 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..connection.backoff import backoff_delay
+from ..connection.clock import now_us
 from ..config import Settings
 from ..contract import RedisKeys
 from ..models import ConnectionStatus, RawLevel, TradeEvent
 from ..secrets import describe_error
 
 log = logging.getLogger(__name__)
+
+#: ``due_us`` when nothing waits to be written.
+NEVER = 1 << 62
 
 BookKey = tuple[str, str]  # (exchange, symbol)
 
@@ -149,6 +156,9 @@ class RedisSink:
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        #: When the pending changes are due to be written (``now_us`` clock; NEVER
+        #: when nothing waits): the feed's receive loop gives the flusher its turn then.
+        self.due_us = NEVER
         self._io_lock = asyncio.Lock()
         self._closed = False
         self._failures = 0
@@ -269,6 +279,8 @@ class RedisSink:
             dirty[key] = local_ts
             if self.coalesce_delay is not None and not self._wake.is_set():
                 self._wake.set()
+            if self.due_us == NEVER and self.coalesce_delay is not None:
+                self.due_us = local_ts + int(self.coalesce_delay * 1_000_000)
         self._deleted_books.discard(key)
         self.book_publishes += 1
 
@@ -332,9 +344,11 @@ class RedisSink:
             self._wake.clear()
             try:
                 if self.coalesce_delay is not None and self._has_work():
-                    # Let the changes of the next frames join this write (0: of the
-                    # frames already received, which run before this task resumes).
-                    await asyncio.sleep(self.coalesce_delay)
+                    # Let the changes of the next frames join this write, until the
+                    # first change has waited coalesce_delay (0: of the frames already
+                    # received, which run before this task resumes).
+                    left = (self.due_us - now_us()) / 1_000_000
+                    await asyncio.sleep(min(self.coalesce_delay, max(0.0, left)))
                 if not self._has_work():
                     await self._check_health()
                     continue
@@ -385,6 +399,7 @@ class RedisSink:
             else:
                 dirty_books, self._dirty_books = self._dirty_books, {}
                 dirty_statuses, self._dirty_statuses = self._dirty_statuses, set()
+            self.due_us = NEVER
             deleted, self._deleted_books = self._deleted_books, set()
             trades, self._trades = self._trades, {}
             try:

@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             # --gil: only samples that hold the GIL, i.e. Python CPU time (idle
             # threads and the loop's wait for input are left out).
             wrap=[spy, "record", "--gil", "--rate", "200", "--format", "raw", "--output", str(raw), "--"])
+        if result.get("frames_per_s") is None:
+            print(f"{args.capture.name}: no frames in the measured window; the capture must last longer than "
+                  f"--seconds plus a second of warm-up (loop it: streamer.bench.peer.frames.write_looped_capture)",
+                  file=sys.stderr)
+            return 1
         print(f"{args.capture.name}: {result['frames_per_s']:,.0f} frames/s, "
               f"{result['cpu_utilisation']:.2f} cores, {result['cpu_s_per_100k_frames']:.2f} CPU s / 100k frames "
               f"(under the profiler)")

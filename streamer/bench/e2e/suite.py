@@ -30,9 +30,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -116,13 +117,7 @@ class Harness:
         py = sys.executable
         with tempfile.TemporaryDirectory(prefix="coby-bench-") as data_dir:
             env = {**self.env, "COBY_DATA_DIR": data_dir}
-            server = subprocess.Popen([py, "-m", "streamer.bench.e2e.serve", *serve_args], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            try:
-                line = server.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"exchange process exited with {server.wait()} before listening")
-                ready = orjson.loads(line)
+            with serving(serve_args, env) as (ready, finish):
                 groups = _spread(ready["feeds"], processes)
                 if len(groups) > 1:
                     wipe(load_settings(env))  # once, before the workers start (each keeps what it finds)
@@ -136,28 +131,48 @@ class Harness:
 
                 workers = [subprocess.Popen(command(feeds), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True) for feeds in groups]
-                results = []
-                for worker in workers:
-                    out, err = worker.communicate(timeout=timeout + 60)
-                    if worker.returncode != 0:
-                        raise RuntimeError(f"streamer process failed ({worker.returncode}): {err[-2000:]}")
-                    # The last JSON line: a profiler wrapping the worker may print after it.
-                    results.append(orjson.loads(next(line for line in reversed(out.splitlines())
-                                                     if line.startswith("{"))))
+                results = [_last_json(*worker.communicate(timeout=timeout + 60), worker.returncode,
+                                      "streamer process") for worker in workers]
                 result = results[0] if len(results) == 1 else combine_results(results)
-                server.stdin.close()
-                served = orjson.loads(server.stdout.readline() or "{}")
-                result["served"] = served
+                result["served"] = finish()
                 result["ready"] = {k: v for k, v in ready.items() if k != "feeds"}
                 return result
-            finally:
-                if server.stdin and not server.stdin.closed:
-                    server.stdin.close()
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+
+
+@contextmanager
+def serving(serve_args: list[str], env: dict[str, str]) -> Iterator[tuple[dict, Callable[[], dict]]]:
+    """An exchange process (:mod:`.serve`) serving ``serve_args``, for the length of the ``with``.
+
+    Yields its ready line (``feeds`` with their URLs, ``expect_frames``) and
+    ``finish()``, which ends the exchange process and returns its counters.
+    """
+    server = subprocess.Popen([sys.executable, "-m", "streamer.bench.e2e.serve", *serve_args], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def finish() -> dict:
+        server.stdin.close()
+        return orjson.loads(server.stdout.readline() or "{}")
+
+    try:
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"exchange process exited with {server.wait()} before listening")
+        yield orjson.loads(line), finish
+    finally:
+        if server.stdin and not server.stdin.closed:
+            server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _last_json(out: str, err: str, returncode: int, what: str) -> dict:
+    """The last JSON line a measuring process printed (a profiler wrapping it may print after it)."""
+    if returncode != 0:
+        raise RuntimeError(f"{what} failed ({returncode}): {err[-2000:]}")
+    return orjson.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
 
 
 def _spread(feeds: list[dict], processes: int) -> list[list[dict]]:

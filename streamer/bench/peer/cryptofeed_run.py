@@ -4,9 +4,21 @@ This is how cryptofeed replays its own recordings (``raw_data_collection.playbac
 the REST calls it makes (instrument metadata at construction, Binance's depth
 snapshot) are answered from the capture's recorded bodies, and every recorded
 WebSocket frame goes to the feed's ``message_handler`` with a receipt time, as
-its connection handler would pass it. What is left out is cryptofeed's socket
-read (``websockets`` recv): the peer is measured without its transport, a
-head start over COBY, whose figure includes a loopback WebSocket.
+its connection handler would pass it.
+
+Where the frames come from:
+
+* in process (the default): the recorded frames go straight to the feed's
+  ``message_handler``. cryptofeed's socket read (``websockets`` recv) is left
+  out: the peer's handler alone, to compare with COBY's processor alone;
+* ``--ws-base ws://127.0.0.1:PORT``: over a loopback WebSocket from the same
+  exchange process COBY reads (:mod:`streamer.bench.e2e.serve`), through
+  cryptofeed's own transport, ``WSAsyncConn`` and ``ConnectionHandler``, as
+  its ``FeedHandler`` runs a feed. Only the scheme and host of the feed's
+  address are replaced (its path and query, which select Binance's streams,
+  stay); ``--expect-frames`` says when the run is over. Timed like COBY's
+  end-to-end figure: from the first frame received until every frame was
+  handled and the backends written out.
 
 Two modes:
 
@@ -18,7 +30,8 @@ Two modes:
   written out.
 
 Run as ``python -m streamer.bench.peer.cryptofeed_run --capture FILE --loops N
---mode noop|backends [--pg-dsn ...] [--redis-key-prefix ...]``; prints one
+--mode noop|backends [--ws-base URL --expect-frames N] [--pg-host ...]
+[--redis-key-prefix ...]``; prints one
 JSON object: frames, seconds (frame loop plus backend drain), CPU seconds,
 peak RSS, callback counts and checksum failures.
 """
@@ -32,7 +45,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -147,20 +160,10 @@ async def run(args) -> dict:
     for backend in backends:
         backend.start(loop)
     conns = feed.connect()
-    for conn, subscribe, _handler, _auth in conns:
-        await subscribe(_ReplayConnection(conn))
-    conn, handler = _ReplayConnection(conns[0][0]), conns[0][2]
-
-    frames = recv_frames(capture)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    for _ in range(args.loops):
-        for index, frame in enumerate(frames):
-            await handler(frame, conn, time.time())
-            if index % YIELD_EVERY == 0:
-                # A socket read yields to the loop now and then; without it the
-                # backend writers would not run until the end.
-                await asyncio.sleep(0)
-    wall_frames = time.perf_counter() - wall0
+    if args.ws_base:
+        frames_total, wall_frames, cpu0, wall0 = await _over_websocket(conns, args)
+    else:
+        frames_total, wall_frames, cpu0, wall0 = await _in_process(capture, conns, args.loops)
     await _drain(backends)
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
@@ -169,7 +172,8 @@ async def run(args) -> dict:
         "exchange": args.protocol,
         "mode": args.mode,
         "checksum_validation": checksums,
-        "frames": len(frames) * args.loops,
+        "transport": "websocket" if args.ws_base else "none",
+        "frames": frames_total,
         "seconds": wall,
         "frame_loop_seconds": wall_frames,
         "cpu_seconds": cpu,
@@ -178,6 +182,77 @@ async def run(args) -> dict:
         "trade_callbacks": counts.trades,
         "cryptofeed_version": _version(),
     }
+
+
+async def _in_process(capture, conns: list, loops: int) -> tuple[int, float, float, float]:
+    """Every recorded frame, ``loops`` times, straight into the feed's message handler.
+
+    Returns frames handled, seconds of the frame loop, and the CPU and wall
+    clocks at its start.
+    """
+    for conn, subscribe, _handler, _auth in conns:
+        await subscribe(_ReplayConnection(conn))
+    conn, handler = _ReplayConnection(conns[0][0]), conns[0][2]
+    frames = recv_frames(capture)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(loops):
+        for index, frame in enumerate(frames):
+            await handler(frame, conn, time.time())
+            if index % YIELD_EVERY == 0:
+                # A socket read yields to the loop now and then; without it the
+                # backend writers would not run until the end.
+                await asyncio.sleep(0)
+    return len(frames) * loops, time.perf_counter() - wall0, cpu0, wall0
+
+
+async def _over_websocket(conns: list, args) -> tuple[int, float, float, float]:
+    """The served frames through cryptofeed's own connection and connection handler.
+
+    The clocks start at the first frame received; the frame loop ends when
+    ``--expect-frames`` frames were handled.
+    """
+    from cryptofeed.connection import WSAsyncConn
+    from cryptofeed.connection_handler import ConnectionHandler
+
+    sockets = [c for c in conns if isinstance(c[0], WSAsyncConn)]
+    if len(sockets) != 1:
+        # The exchange process streams the whole session to every connection: a feed
+        # spread over several would receive it several times.
+        raise ValueError(f"the feed opened {len(sockets)} WebSocket connections; the served session needs exactly 1")
+    conn, subscribe, handler, authenticate = sockets[0]
+    conn.address = _local_address(conn.address, args.ws_base)
+    state = {"handled": 0, "cpu0": 0.0, "wall0": 0.0}
+    all_handled = asyncio.Event()
+
+    async def counting(message, connection, timestamp):
+        if not state["handled"]:
+            state["cpu0"], state["wall0"] = time.process_time(), time.perf_counter()
+        await handler(message, connection, timestamp)
+        state["handled"] += 1
+        if state["handled"] >= args.expect_frames:
+            all_handled.set()
+
+    # retries=0: a dropped connection ends the run (the frames are served once); timeout=-1: no watchdog.
+    connection_handler = ConnectionHandler(conn, subscribe, counting, authenticate, retries=0, timeout=-1)
+    task = asyncio.create_task(connection_handler._create_connection())
+    waiter = asyncio.create_task(all_handled.wait())
+    await asyncio.wait({task, waiter}, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED)
+    wall_frames = time.perf_counter() - state["wall0"]
+    connection_handler.running = False
+    if not all_handled.is_set():
+        waiter.cancel()
+        task.cancel()
+        raise RuntimeError(f"cryptofeed handled {state['handled']} of {args.expect_frames} frames "
+                           f"within {args.timeout}s")
+    await conn.close()
+    task.cancel()
+    return state["handled"], wall_frames, state["cpu0"], state["wall0"]
+
+
+def _local_address(address: str, ws_base: str) -> str:
+    """The feed's WebSocket address on the local exchange process: its scheme and host replaced."""
+    local, feed = urlsplit(ws_base), urlsplit(address)
+    return urlunsplit((local.scheme, local.netloc, feed.path, feed.query, ""))
 
 
 async def _drain(backends: list) -> None:
@@ -229,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", required=True, choices=sorted(FEED_CLASSES))
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--mode", choices=("noop", "backends"), default="noop")
+    parser.add_argument("--ws-base", help="read the frames over a WebSocket from this ws://host:port")
+    parser.add_argument("--expect-frames", type=int, help="with --ws-base: frames that make up the run")
+    parser.add_argument("--timeout", type=float, default=600.0, help="with --ws-base: seconds to wait for them")
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
@@ -239,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-socket", help="Redis unix socket (instead of host and port)")
     parser.add_argument("--redis-key-prefix", default="coby-bench-peer:cryptofeed:")
     args = parser.parse_args(argv)
+    if args.ws_base and not args.expect_frames:
+        parser.error("--ws-base needs --expect-frames")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     result = asyncio.run(run(args))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

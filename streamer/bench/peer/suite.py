@@ -3,10 +3,14 @@
 For each of the binance-spot, kraken-spot and okx captures (looped, see
 :mod:`.frames`), every run measures, back to back:
 
-* ``cryptofeed_noop``: cryptofeed's feed handler with no-op callbacks,
-  checksum validation on for Kraken and OKX (:mod:`.cryptofeed_run`);
+* ``cryptofeed_noop``: cryptofeed's feed with no-op callbacks, checksum
+  validation on for Kraken and OKX (:mod:`.cryptofeed_run`), reading the
+  looped frames over a loopback WebSocket through its own transport from the
+  same exchange process COBY reads, timed the way COBY is;
 * ``cryptofeed_pg_redis``: the same with cryptofeed's PostgreSQL and Redis
   backends writing to the same servers COBY uses;
+* ``cryptofeed_handler``: cryptofeed's message handler alone (no-op
+  callbacks), the frames handed to it in process, no transport;
 * ``coby``: the real streamer as deployed (:mod:`streamer.bench.e2e.worker`:
   journal, book sync with checksums, PostgreSQL COPY, Redis) reading the
   looped frames over a loopback WebSocket from an exchange process of its
@@ -17,8 +21,7 @@ For each of the binance-spot, kraken-spot and okx captures (looped, see
   fresh schema;
 * ``coby_processor``: COBY's :class:`~streamer.processor.FeedProcessor` alone
   on the same frames in the suite's process (parse, book sync with checksums,
-  rows; no transport, nothing stored), the conditions cryptofeed runs under
-  here, for a like-for-like ratio.
+  rows; no transport, nothing stored), against ``cryptofeed_handler``.
 
 Ratios are COBY/cryptofeed per run, then the median over runs. Every
 cryptofeed run and every COBY run is a process of its own.
@@ -55,7 +58,7 @@ from ...embedded import ensure_database, export_env
 from ...services import running_services
 from ..e2e.figures import figure
 from ..e2e.floors import processor_rate
-from ..e2e.suite import Harness, captures_dir
+from ..e2e.suite import Harness, captures_dir, serving
 from .frames import write_looped_capture
 
 log = logging.getLogger(__name__)
@@ -140,8 +143,14 @@ class PeerHarness:
 
     # -- measurements ----------------------------------------------------
 
-    def cryptofeed(self, capture: Path, protocol: str, loops: int, mode: str) -> dict:
-        """One cryptofeed run (its own process); its JSON result."""
+    def cryptofeed(self, capture: Path, protocol: str, loops: int, mode: str, *,
+                   looped_file: Path | None = None) -> dict:
+        """One cryptofeed run (its own process); its JSON result.
+
+        With ``looped_file`` the frames come over a loopback WebSocket from an
+        exchange process serving that file (as for COBY); without, they are
+        handed to cryptofeed's message handler in its own process.
+        """
         db, rds = self.settings.db, self.settings.redis
         if mode == "backends":
             if rds.password or rds.tls or rds.username:
@@ -159,6 +168,17 @@ class PeerHarness:
             args += ["--redis-socket", rds.unix_socket]
         else:
             args += ["--redis-host", rds.host or "", "--redis-port", str(rds.port)]
+        if looped_file is None:
+            return self._run_cryptofeed(args, protocol, mode)
+        with serving(["capture", str(looped_file), "--loops", "1"], self.env) as (ready, finish):
+            ws_base = "/".join(ready["feeds"][0]["ws_url"].split("/")[:3])  # ws://host:port
+            result = self._run_cryptofeed([*args, "--ws-base", ws_base, "--expect-frames",
+                                           str(ready["expect_frames"])], protocol, mode)
+            result["served"] = finish()
+            return result
+
+    def _run_cryptofeed(self, args: list[str], protocol: str, mode: str) -> dict:
+        db = self.settings.db
         env = dict(self.env)
         if db.password:
             env["PGPASSWORD"] = db.password  # asyncpg reads it; never on a command line
@@ -190,16 +210,17 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
     looped_file = workdir / f"{name}.x{loops}.jsonl.gz"
     frames = write_looped_capture(capture, loops, looped_file)
 
-    noop, backends, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], []
+    noop, backends, handler, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], [], []
     coby, coby_cpu, coby_rss, processor = [], [], [], []
     checks: dict[str, Any] = {}
     for run in range(runs):
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
-        cf_noop = harness.cryptofeed(path, protocol, loops, "noop")
-        cf_back = harness.cryptofeed(path, protocol, loops, "backends")
+        cf_noop = harness.cryptofeed(path, protocol, loops, "noop", looped_file=looped_file)
+        cf_back = harness.cryptofeed(path, protocol, loops, "backends", looped_file=looped_file)
+        cf_handler = harness.cryptofeed(path, protocol, loops, "noop")
         full = harness.coby(looped_file)
-        # COBY's processor alone on the same frames, in this process: like cryptofeed
-        # here, no transport and nothing stored (but it builds the rows).
+        # COBY's processor alone on the same frames, in this process: like cryptofeed's
+        # handler alone, no transport and nothing stored (but it builds the rows).
         processor.append(processor_rate(path, loops)[0])
         counters = full["counters"]
         coby.append(full["frames_per_s"])
@@ -207,6 +228,7 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         coby_rss.append(full["peak_rss_mb"])
         noop.append(cf_noop["frames"] / cf_noop["seconds"])
         backends.append(cf_back["frames"] / cf_back["seconds"])
+        handler.append(cf_handler["frames"] / cf_handler["seconds"])
         noop_cpu.append(cf_noop["cpu_seconds"] / cf_noop["frames"] * 100_000)
         backends_cpu.append(cf_back["cpu_seconds"] / cf_back["frames"] * 100_000)
         noop_rss.append(cf_noop["peak_rss_mb"])
@@ -214,6 +236,9 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         checks = {
             "cryptofeed_version": cf_noop["cryptofeed_version"],
             "cryptofeed_checksum_validation": cf_noop["checksum_validation"],
+            "cryptofeed_transport": cf_noop["transport"],
+            "cryptofeed_frames": cf_noop["frames"],
+            "cryptofeed_frames_served": cf_noop["served"].get("frames_sent"),
             "cryptofeed_book_callbacks": cf_noop["book_callbacks"],
             "cryptofeed_trade_callbacks": cf_noop["trade_callbacks"],
             "coby_frames": full["frames_total"],
@@ -228,17 +253,21 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
     common = dict(capture=name, exchange=protocol, frames=frames, loops=loops, **checks)
     prefix = f"peer.{name}"
     window = "first frame received -> every frame received and PostgreSQL and Redis flushed"
+    cf_window = {"method": "loopback WebSocket through cryptofeed's own transport; first frame received -> "
+                           "every frame handled (and, with backends, their queues written out)"}
     specs = [
-        (f"{prefix}.cryptofeed_noop.frames_per_s", noop, "frames/s", {}),
-        (f"{prefix}.cryptofeed_pg_redis.frames_per_s", backends, "frames/s", {}),
+        (f"{prefix}.cryptofeed_noop.frames_per_s", noop, "frames/s", cf_window),
+        (f"{prefix}.cryptofeed_pg_redis.frames_per_s", backends, "frames/s", cf_window),
+        (f"{prefix}.cryptofeed_handler.frames_per_s", handler, "frames/s",
+         {"method": "frames handed to cryptofeed's message handler in process, no-op callbacks; no transport"}),
         (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": window}),
         (f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x", {}),
         (f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)], "x", {}),
         (f"{prefix}.coby_processor.frames_per_s", processor, "frames/s",
          {"method": "FeedProcessor alone over the capture's journal records, loops times (parse, book sync with "
-                    "checksums, rows); no transport, nothing stored: the same conditions as cryptofeed here"}),
-        (f"{prefix}.ratio.coby_processor_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(processor, noop)],
-         "x", {}),
+                    "checksums, rows); no transport, nothing stored: the conditions of cryptofeed_handler"}),
+        (f"{prefix}.ratio.coby_processor_over_cryptofeed_handler",
+         [_ratio(c, n) for c, n in zip(processor, handler)], "x", {}),
         (f"{prefix}.cryptofeed_noop.cpu_s_per_100k_frames", noop_cpu, "s", {}),
         (f"{prefix}.cryptofeed_pg_redis.cpu_s_per_100k_frames", backends_cpu, "s",
          {"note": "cryptofeed's process only (PostgreSQL and Redis server CPU not counted)"}),
