@@ -13,6 +13,7 @@ times, so processing is deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 import orjson
 
@@ -26,6 +27,10 @@ from .sinks import rows
 from .book.orderbook import OrderBook
 from .connection.ws import DEFAULT_MAX_FRAME_BYTES, frame_exceeds, oversized_quarantine
 from .stats import FeedStats
+
+
+def _digest(text: str) -> bytes:
+    return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def select_levels(
@@ -76,6 +81,10 @@ SNAPSHOT_RETRY_US = 5_000_000
 
 
 class FeedProcessor:
+    #: Digest of the instrument body the mapper has loaded (b"": none). A class
+    #: attribute, so that a processor pickled before it existed unpickles with it.
+    _instruments_digest = b""
+
     def __init__(
         self,
         exchange: str,
@@ -163,10 +172,14 @@ class FeedProcessor:
         if record.payload:
             info = orjson.loads(record.payload)
             natives, instruments = list(info["natives"]), info.get("instruments", "")
-        if instruments:
+        if instruments and _digest(instruments) != self._instruments_digest:
+            # The same body on every reconnect (a large one: Binance lists every
+            # instrument in 1.8 MB) is mapped once.
             try:
                 self.mapper.load_instruments(self.mapper.map_instruments(instruments))
+                self._instruments_digest = _digest(instruments)
             except (CobyError, ValueError) as exc:
+                self._instruments_digest = b""
                 self._record(FeedEvent(self.exchange, FeedEventKind.ERROR, ts,
                                        detail=f"instrument metadata unusable: {exc}"[:500]), out)
         self._make_books(natives)

@@ -100,6 +100,40 @@ def test_connect_record_carries_the_symbol_set():
     assert processor.stats.rejected == 1 and not out.trades  # BTC-USDT is no longer subscribed
 
 
+def test_the_same_instrument_body_is_mapped_once_over_reconnects_and_a_new_one_again():
+    import orjson
+
+    class CountingMapper(type(get_mapper("okx"))):
+        mapped = 0
+
+        def map_instruments(self, body):
+            CountingMapper.mapped += 1
+            return super().map_instruments(body)
+
+    def connect(seq: int, body: str) -> Record:
+        return Record(seq, seq, Kind.CONNECT, "ws://a", orjson.dumps({"natives": ["BTC-USDT"], "instruments": body}))
+
+    body = orjson.dumps({"code": "0", "data": [{"instId": "BTC-USDT", "baseCcy": "BTC", "quoteCcy": "USDT",
+                                                "instType": "SPOT", "tickSz": "0.1", "lotSz": "0.00000001"}]}).decode()
+    processor = FeedProcessor("okx", CountingMapper(), ["BTC-USDT"])
+    for seq in (1, 2, 3):
+        processor.process(connect(seq, body))
+    assert CountingMapper.mapped == 1
+    # A pickled processor (a STATE record) remembers what its mapper has loaded.
+    restored = pickle.loads(pickle.dumps(processor))
+    restored.process(connect(4, body))
+    assert CountingMapper.mapped == 1
+    changed = body.replace("0.1", "0.01")
+    restored.process(connect(5, changed))
+    assert CountingMapper.mapped == 2
+    # A body that cannot be used is reported on every connect, and is not remembered.
+    out = [restored.process(connect(seq, "not json")) for seq in (6, 7)]
+    assert CountingMapper.mapped == 4
+    assert all(any(row[3] == "error" for row in o.rows.get(FEED_EVENTS, [])) for o in out)
+    restored.process(connect(8, changed))
+    assert CountingMapper.mapped == 5
+
+
 def test_a_frame_that_crosses_the_book_is_recorded_and_quarantined_with_its_reason():
     from streamer.contract import QUARANTINE
 
