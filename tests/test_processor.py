@@ -100,16 +100,20 @@ def test_connect_record_carries_the_symbol_set():
     assert processor.stats.rejected == 1 and not out.trades  # BTC-USDT is no longer subscribed
 
 
+class CountingMapper(type(get_mapper("okx"))):
+    """The OKX mapper, counting how often it maps an instrument body (module level: it is pickled)."""
+
+    mapped = 0
+
+    def map_instruments(self, body):
+        CountingMapper.mapped += 1
+        return super().map_instruments(body)
+
+
 def test_the_same_instrument_body_is_mapped_once_over_reconnects_and_a_new_one_again():
     import orjson
 
-    class CountingMapper(type(get_mapper("okx"))):
-        mapped = 0
-
-        def map_instruments(self, body):
-            CountingMapper.mapped += 1
-            return super().map_instruments(body)
-
+    CountingMapper.mapped = 0
     def connect(seq: int, body: str) -> Record:
         return Record(seq, seq, Kind.CONNECT, "ws://a", orjson.dumps({"natives": ["BTC-USDT"], "instruments": body}))
 
