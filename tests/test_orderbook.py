@@ -111,6 +111,8 @@ def test_parse_levels_validates_structure_and_values():
 @pytest.mark.parametrize("bad", [
     ["-1", "2"], ["1", "NaN"], ["1e5", "1"], [" 1", "1"], ["1_0", "1"], ["", "1"], [".", "1"], ["1.2.3", "1"],
     ["1" * 400, "1"], ["1" * 25, "1"], ["\u0661\u0662", "1"], ["1\x002", "1"], [1, "1"], ["1"], "12",
+    # The column check joins a column's fields with newlines: a field holding one must not pass for two.
+    ["1\n2", "1"], ["1", "2\n"], ["\n", "1"],
 ])
 @pytest.mark.parametrize("position", [0, 7, 39])
 def test_long_level_lists_are_checked_as_strictly_as_short_ones(bad, position):

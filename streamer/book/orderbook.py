@@ -36,7 +36,7 @@ is_decimal = _DECIMAL.match
 #: Plain decimals, one per line (see decimal_columns).
 _DECIMAL_LINES = re.compile(f"{_DECIMAL_TEXT}(?:\n{_DECIMAL_TEXT})*")
 #: Level lists at least this long are checked column-wise (see parse_levels).
-COLUMN_CHECKS_FROM = 12
+_COLUMN_CHECKS_FROM = 12
 _LIST_ONLY = {list}
 _STR_ONLY = {str}
 _first = itemgetter(0)
@@ -61,7 +61,7 @@ def parse_levels(levels: object, what: str) -> list[RawLevel]:
     """
     if type(levels) is not list:
         raise MalformedFrameError(f"{what}: expected a list of levels, got {type(levels).__name__}")
-    if len(levels) < COLUMN_CHECKS_FROM:
+    if len(levels) < _COLUMN_CHECKS_FROM:
         return _parse_levels_one_by_one(levels, what)
     try:
         if set(map(type, levels)) != _LIST_ONLY or min(map(len, levels)) < 2:
@@ -200,7 +200,7 @@ class OrderBook:
             target: dict[float, RawLevel] = {}
         else:
             target = book
-        if type(levels) is list and len(levels) >= COLUMN_CHECKS_FROM:
+        if type(levels) is list and len(levels) >= _COLUMN_CHECKS_FROM:
             _apply_columns(target, levels, bid)
         else:
             _apply_one_by_one(target, levels, bid)
