@@ -172,12 +172,13 @@ class FeedProcessor:
         if record.payload:
             info = orjson.loads(record.payload)
             natives, instruments = list(info["natives"]), info.get("instruments", "")
-        if instruments and _digest(instruments) != self._instruments_digest:
+        digest = _digest(instruments) if instruments else b""
+        if digest and digest != self._instruments_digest:
             # The same body on every reconnect (a large one: Binance lists every
             # instrument in 1.8 MB) is mapped once.
             try:
                 self.mapper.load_instruments(self.mapper.map_instruments(instruments))
-                self._instruments_digest = _digest(instruments)
+                self._instruments_digest = digest
             except (CobyError, ValueError) as exc:
                 self._instruments_digest = b""
                 self._record(FeedEvent(self.exchange, FeedEventKind.ERROR, ts,

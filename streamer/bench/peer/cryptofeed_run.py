@@ -44,6 +44,7 @@ import logging
 import re
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -246,6 +247,8 @@ async def _over_websocket(conns: list, args) -> tuple[int, float, float, float]:
                            f"within {args.timeout}s")
     await conn.close()
     task.cancel()
+    with suppress(asyncio.CancelledError, Exception):  # the handler ends on the closed connection
+        await task
     return state["handled"], wall_frames, state["cpu0"], state["wall0"]
 
 
