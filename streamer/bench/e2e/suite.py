@@ -131,7 +131,7 @@ class Harness:
 
                 workers = [subprocess.Popen(command(feeds), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True) for feeds in groups]
-                results = [_last_json(*worker.communicate(timeout=timeout + 60), worker.returncode,
+                results = [last_json(*worker.communicate(timeout=timeout + 60), worker.returncode,
                                       "streamer process") for worker in workers]
                 result = results[0] if len(results) == 1 else combine_results(results)
                 result["served"] = finish()
@@ -168,7 +168,7 @@ def serving(serve_args: list[str], env: dict[str, str]) -> Iterator[tuple[dict, 
             server.wait()
 
 
-def _last_json(out: str, err: str, returncode: int, what: str) -> dict:
+def last_json(out: str, err: str, returncode: int, what: str) -> dict:
     """The last JSON line a measuring process printed (a profiler wrapping it may print after it)."""
     if returncode != 0:
         raise RuntimeError(f"{what} failed ({returncode}): {err[-2000:]}")

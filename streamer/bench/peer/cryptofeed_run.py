@@ -11,11 +11,11 @@ Where the frames come from:
 * in process (the default): the recorded frames go straight to the feed's
   ``message_handler``. cryptofeed's socket read (``websockets`` recv) is left
   out: the peer's handler alone, to compare with COBY's processor alone;
-* ``--ws-base ws://127.0.0.1:PORT``: over a loopback WebSocket from the same
+* ``--ws-url ws://127.0.0.1:PORT/...``: over a loopback WebSocket from the same
   exchange process COBY reads (:mod:`streamer.bench.e2e.serve`), through
   cryptofeed's own transport, ``WSAsyncConn`` and ``ConnectionHandler``, as
   its ``FeedHandler`` runs a feed. Only the scheme and host of the feed's
-  address are replaced (its path and query, which select Binance's streams,
+  address are replaced by the URL's (its path and query, which select Binance's streams,
   stay); ``--expect-frames`` says when the run is over. Timed like COBY's
   end-to-end figure: from the first frame received until every frame was
   handled and the backends written out.
@@ -30,7 +30,7 @@ Two modes:
   written out.
 
 Run as ``python -m streamer.bench.peer.cryptofeed_run --capture FILE --loops N
---mode noop|backends [--ws-base URL --expect-frames N] [--pg-host ...]
+--mode noop|backends [--ws-url URL --expect-frames N] [--pg-host ...]
 [--redis-key-prefix ...]``; prints one
 JSON object: frames, seconds (frame loop plus backend drain), CPU seconds,
 peak RSS, callback counts and checksum failures.
@@ -161,7 +161,7 @@ async def run(args) -> dict:
     for backend in backends:
         backend.start(loop)
     conns = feed.connect()
-    if args.ws_base:
+    if args.ws_url:
         frames_total, wall_frames, cpu0, wall0 = await _over_websocket(conns, args)
     else:
         frames_total, wall_frames, cpu0, wall0 = await _in_process(capture, conns, args.loops)
@@ -173,7 +173,7 @@ async def run(args) -> dict:
         "exchange": args.protocol,
         "mode": args.mode,
         "checksum_validation": checksums,
-        "transport": "websocket" if args.ws_base else "none",
+        "transport": "websocket" if args.ws_url else "none",
         "frames": frames_total,
         "seconds": wall,
         "frame_loop_seconds": wall_frames,
@@ -221,7 +221,7 @@ async def _over_websocket(conns: list, args) -> tuple[int, float, float, float]:
         # spread over several would receive it several times.
         raise ValueError(f"the feed opened {len(sockets)} WebSocket connections; the served session needs exactly 1")
     conn, subscribe, handler, authenticate = sockets[0]
-    conn.address = _local_address(conn.address, args.ws_base)
+    conn.address = _local_address(conn.address, args.ws_url)
     state = {"handled": 0, "cpu0": 0.0, "wall0": 0.0}
     all_handled = asyncio.Event()
 
@@ -252,9 +252,9 @@ async def _over_websocket(conns: list, args) -> tuple[int, float, float, float]:
     return state["handled"], wall_frames, state["cpu0"], state["wall0"]
 
 
-def _local_address(address: str, ws_base: str) -> str:
+def _local_address(address: str, ws_url: str) -> str:
     """The feed's WebSocket address on the local exchange process: its scheme and host replaced."""
-    local, feed = urlsplit(ws_base), urlsplit(address)
+    local, feed = urlsplit(ws_url), urlsplit(address)
     return urlunsplit((local.scheme, local.netloc, feed.path, feed.query, ""))
 
 
@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", required=True, choices=sorted(FEED_CLASSES))
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--mode", choices=("noop", "backends"), default="noop")
-    parser.add_argument("--ws-base", help="read the frames over a WebSocket from this ws://host:port")
-    parser.add_argument("--expect-frames", type=int, help="with --ws-base: frames that make up the run")
-    parser.add_argument("--timeout", type=float, default=600.0, help="with --ws-base: seconds to wait for them")
+    parser.add_argument("--ws-url", help="read the frames over a WebSocket from this exchange URL (its scheme and host)")
+    parser.add_argument("--expect-frames", type=int, help="with --ws-url: frames that make up the run")
+    parser.add_argument("--timeout", type=float, default=600.0, help="with --ws-url: seconds to wait for them")
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
@@ -320,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-socket", help="Redis unix socket (instead of host and port)")
     parser.add_argument("--redis-key-prefix", default="coby-bench-peer:cryptofeed:")
     args = parser.parse_args(argv)
-    if args.ws_base and not args.expect_frames:
-        parser.error("--ws-base needs --expect-frames")
+    if args.ws_url and not args.expect_frames:
+        parser.error("--ws-url needs --expect-frames")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     result = asyncio.run(run(args))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -58,7 +58,7 @@ from ...embedded import ensure_database, export_env
 from ...services import running_services
 from ..e2e.figures import figure
 from ..e2e.floors import processor_rate
-from ..e2e.suite import Harness, captures_dir, serving
+from ..e2e.suite import Harness, captures_dir, last_json, serving
 from .frames import write_looped_capture
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,7 @@ class PeerHarness:
         if looped_file is None:
             return self._run_cryptofeed(args, protocol, mode)
         with serving(["capture", str(looped_file), "--loops", "1"], self.env) as (ready, finish):
-            ws_base = "/".join(ready["feeds"][0]["ws_url"].split("/")[:3])  # ws://host:port
-            result = self._run_cryptofeed([*args, "--ws-base", ws_base, "--expect-frames",
+            result = self._run_cryptofeed([*args, "--ws-url", ready["feeds"][0]["ws_url"], "--expect-frames",
                                            str(ready["expect_frames"])], protocol, mode)
             result["served"] = finish()
             return result
@@ -183,9 +182,7 @@ class PeerHarness:
         if db.password:
             env["PGPASSWORD"] = db.password  # asyncpg reads it; never on a command line
         out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-        if out.returncode != 0:
-            raise RuntimeError(f"cryptofeed run failed ({protocol}, {mode}): {out.stderr.strip()[-2000:]}")
-        return orjson.loads(out.stdout.strip().splitlines()[-1])
+        return last_json(out.stdout, out.stderr, out.returncode, f"cryptofeed run ({protocol}, {mode})")
 
     def coby(self, looped_file: Path) -> dict:
         """One COBY run on ``looped_file`` (exchange and streamer processes of their own): the worker's result."""
