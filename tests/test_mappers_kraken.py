@@ -150,3 +150,57 @@ def test_symbols_subscriptions_and_depth_configuration():
     }})
     (inst,) = m.map_instruments(body)
     assert (inst.symbol, inst.native_symbol, inst.base, inst.quote) == ("BTC-USD", "XBT/USD", "BTC", "USD")
+
+
+def _snapshot_levels(count: int, stamp=lambda i: f"1618678{i % 100:03d}.{i:06d}") -> list[list]:
+    return [[f"{100 + i}.{i:02d}", f"{i + 1}.5", stamp(i)] for i in range(count)]
+
+
+def _outcome(mapper, levels: list):
+    """What the mapper makes of a snapshot whose bids are ``levels``: its levels and time, or the error."""
+    frame = json.dumps([1, {"as": [["500.0", "1.0", "1618678100.000001"]], "bs": levels}, "book-1000", "XBT/USD"])
+    event = mapper.map_message(frame, TS)[0]
+    if isinstance(event, Quarantine):
+        return ("quarantined", event.code)
+    return (event.bids, event.exchange_ts)
+
+
+@pytest.mark.parametrize("count", [11, 12, 400])
+def test_long_level_lists_are_checked_a_column_at_a_time_with_the_same_outcome(count, monkeypatch):
+    # Snapshots of hundreds of levels take the column path (_level_columns):
+    # the levels, their order and the latest level time are what the
+    # level-by-level loop gives, which the short list (11 levels) always takes.
+    import streamer.exchanges.kraken.mapper as kraken
+
+    levels = _snapshot_levels(count)
+    levels[count // 2][2] = "1618678199.999999"  # the latest, in the middle
+    columns = _outcome(KrakenSpotMapper(), levels)
+    monkeypatch.setattr(kraken, "_COLUMNS_FROM", 10**9)
+    assert columns == _outcome(KrakenSpotMapper(), levels)
+    assert columns[1] == 1618678199999999
+    assert columns[0] == [(level[0], level[1]) for level in levels]
+
+
+@pytest.mark.parametrize("change, accepted", [
+    # Timestamps of another shape are Kraken's too: the loop compares them as numbers.
+    (lambda levels: levels[3].__setitem__(2, "1618678199.5"), True),
+    (lambda levels: levels[3].__setitem__(2, "99999999999.1"), True),
+    (lambda levels: levels[5].append("r"), True),
+    (lambda levels: levels[5].append("x"), False),
+    (lambda levels: levels[7].__setitem__(0, "1e3"), False),
+    (lambda levels: levels[7].__setitem__(1, "-1.0"), False),
+    (lambda levels: levels[7].__setitem__(1, 1.5), False),
+    (lambda levels: levels[9].__setitem__(2, "1618678100.000001\n1618678100.000001"), False),
+    (lambda levels: levels[9].__setitem__(2, "NaN"), False),
+    (lambda levels: levels.__setitem__(2, ["1.0", "1.0"]), False),
+    (lambda levels: levels.__setitem__(2, {"1.0": "1.0"}), False),
+])
+def test_the_column_path_accepts_and_rejects_what_the_loop_does(change, accepted, monkeypatch):
+    import streamer.exchanges.kraken.mapper as kraken
+
+    levels = _snapshot_levels(40)
+    change(levels)
+    columns = _outcome(KrakenSpotMapper(), levels)
+    monkeypatch.setattr(kraken, "_COLUMNS_FROM", 10**9)
+    assert columns == _outcome(KrakenSpotMapper(), levels)
+    assert (columns[0] != "quarantined") is accepted

@@ -14,11 +14,12 @@ import pytest
 import redis
 
 from streamer.book.sync import BookSync, SyncState
+from streamer.connection.clock import now_us
 from streamer.contract import RedisKeys
 from streamer.exchanges.binance.mapper import BinanceSyncRules
 from streamer.embedded import free_tcp_port, start_redis
 from streamer.models import ConnectionState, ConnectionStatus, TradeEvent
-from streamer.sinks.redis_sink import RedisSink
+from streamer.sinks.redis_sink import NEVER, RedisSink
 
 T0 = 1_773_156_600_123_456
 
@@ -105,8 +106,6 @@ async def test_a_change_wakes_the_flusher_without_waiting_for_the_timer(settings
 
 async def test_due_time_is_the_first_change_plus_the_coalescing_delay_until_written(settings, redis_client):
     # The feed's receive loop reads due_us to give the flusher its turn on time.
-    from streamer.sinks.redis_sink import NEVER
-
     async with _sink(settings, flush_interval=3600, coalesce_delay=0.002) as sink:
         await asyncio.sleep(0.05)
         assert sink.due_us == NEVER  # nothing waits
@@ -120,6 +119,24 @@ async def test_due_time_is_the_first_change_plus_the_coalescing_delay_until_writ
     async with _sink(settings, flush_interval=3600, coalesce_delay=None) as sink:
         _publish(sink, 4)
         assert sink.due_us == NEVER  # no coalescing flusher: nothing to give a turn to
+
+
+async def test_release_ends_the_coalescing_wait_so_the_write_happens_now(settings, redis_client):
+    # The feed's receive loop calls release() when it yields because the write
+    # is due: the flusher then runs next, not after its own timer.
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings, flush_interval=3600, coalesce_delay=3600) as sink:
+        await asyncio.sleep(0.05)
+        sink.release()  # nothing waits: a no-op
+        now = now_us()  # the due time is counted from the change's receipt
+        sink.publish_book("binance", "BTC-USDT", "BTCUSDT", [("64000.1", "1")], [("64000.2", "1")], 1, now, now)
+        await _wait_for(lambda: sink._due_wait is not None)  # the flusher waits out the coalescing delay
+        await asyncio.sleep(0.05)
+        assert redis_client.get(keys.book("binance", "BTC-USDT")) is None  # an hour to go
+        sink.release()
+        await _wait_for(lambda: redis_client.get(keys.book("binance", "BTC-USDT")) is not None)
+        assert orjson.loads(redis_client.get(keys.book("binance", "BTC-USDT")))["seq"] == 1
+        assert sink.due_us == NEVER and sink._due_wait is None
 
 
 async def test_a_live_book_is_read_when_written_and_visible_times_are_reported(settings, redis_client):

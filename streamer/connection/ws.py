@@ -119,6 +119,14 @@ class TurnHint(Protocol):
 
     due_us: int
 
+    def release(self) -> None:
+        """Called when the loop is yielded because the work fell due: wake it now.
+
+        A task whose sleep timer expired runs only one loop iteration after
+        the timer fires, behind the yielding task's next turn; woken here, it
+        runs before that turn.
+        """
+
 
 OnConnect = Callable[["WsClient"], Awaitable[None]]
 OnDisconnect = Callable[["WsClient", str], Awaitable[None]]
@@ -248,9 +256,22 @@ class WsClient:
         turn_started = quiet_since
         try:
             while True:
+                # The turn is measured after the last frame's processing, so one
+                # long frame (a snapshot of thousands of levels) ends it too.
+                now = now_us()
+                turn = now - turn_started
+                if turn >= YIELD_AFTER_US or (hint is not None and turn >= YIELD_WHEN_DUE_AFTER_US
+                                              and now >= hint.due_us):
+                    # recv() returns without suspending while frames are queued, so a
+                    # burst would hold the loop: give the sinks (the live cache's
+                    # latency) a turn at least every millisecond.
+                    if hint is not None and now >= hint.due_us:
+                        hint.release()
+                    await asyncio.sleep(0)
+                    now = turn_started = now_us()
                 # Only time spent waiting for the exchange counts towards a stall,
                 # not time the feed itself holds a frame (a paused journal, say).
-                stall.waiting_since = now_us()
+                stall.waiting_since = now
                 try:
                     frame = await recv()
                 except ConnectionClosed as exc:
@@ -268,14 +289,6 @@ class WsClient:
                 if self._recorder is not None:
                     self._recorder.recv(self.conn_id, frame)
                 await on_frame(frame, ts)
-                turn = ts - turn_started
-                if turn >= YIELD_AFTER_US or (hint is not None and turn >= YIELD_WHEN_DUE_AFTER_US
-                                              and ts >= hint.due_us):
-                    # recv() returns without suspending while frames are queued, so a
-                    # burst would hold the loop: give the sinks (the live cache's
-                    # latency) a turn at least every millisecond.
-                    await asyncio.sleep(0)
-                    turn_started = now_us()
         finally:
             watchdog.cancel()
             if pinger is not None:

@@ -15,7 +15,8 @@ arrived, and a symbol that changes 200 times within one flush costs one
 to back and each carries more books. :attr:`RedisSink.due_us` says when the
 pending write falls due, so a feed working through queued frames yields the
 event loop to the flusher then (``turn_hint`` in :mod:`streamer.connection.ws`)
-rather than at the end of a fixed turn. Without changes the flusher wakes every
+rather than at the end of a fixed turn, and wakes it (:meth:`RedisSink.release`)
+so that it runs before the feed's next turn. Without changes the flusher wakes every
 ``flush_interval`` seconds to check Redis's health.
 
 Redis is a cache, PostgreSQL the system of record, so Redis trouble never
@@ -159,6 +160,8 @@ class RedisSink:
         #: When the pending changes are due to be written (``now_us`` clock; NEVER
         #: when nothing waits): the feed's receive loop gives the flusher its turn then.
         self.due_us = NEVER
+        #: The flusher's wait for ``due_us``; :meth:`release` ends it early.
+        self._due_wait: asyncio.Future | None = None
         self._io_lock = asyncio.Lock()
         self._closed = False
         self._failures = 0
@@ -348,7 +351,7 @@ class RedisSink:
                     # first change has waited coalesce_delay (0: of the frames already
                     # received, which run before this task resumes).
                     left = (self.due_us - now_us()) / 1_000_000
-                    await asyncio.sleep(min(self.coalesce_delay, max(0.0, left)))
+                    await self._wait_until_due(min(self.coalesce_delay, max(0.0, left)))
                 if not self._has_work():
                     await self._check_health()
                     continue
@@ -364,6 +367,29 @@ class RedisSink:
                 self.errors += 1
                 log.exception("unexpected error in the Redis flush loop")
                 await asyncio.sleep(self.reconnect_max_delay)
+
+    async def _wait_until_due(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until :meth:`release` (the feed yielding the loop for this write)."""
+        if seconds <= 0.0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._due_wait = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._due_wait = None
+
+    def release(self) -> None:
+        """The feed yields the event loop because the pending write is due: run the flusher next.
+
+        Part of the receive loop's turn hint (:class:`streamer.connection.ws.TurnHint`).
+        """
+        waiter = self._due_wait
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _check_health(self) -> None:
         """PING when idle, so a Redis restart is noticed (and the cache rewritten
@@ -508,3 +534,8 @@ class RedisSink:
             if newer:
                 merged.extend(newer)
             self._trades[key] = merged
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -33,11 +33,13 @@ Pairs are ``BASE/QUOTE`` with Kraken's asset codes; ``XBT`` is ``BTC`` and
 
 from __future__ import annotations
 
+import re
+from operator import itemgetter
 from typing import Any
 
 import orjson
 
-from ...book.orderbook import OrderBook, is_decimal
+from ...book.orderbook import OrderBook, decimal_columns, is_decimal
 from ...book.sync import SyncRules
 from ...errors import ConfigError, InvalidValueError, MalformedFrameError, MappingError, UnknownSymbolError
 from ...models import BookMessage, ControlEvent, MappedEvent, RawLevel, TradeEvent
@@ -297,10 +299,23 @@ class KrakenSpotMapper(ExchangeMapper):
 _BOOK_KEYS = {"as": (True, True), "bs": (False, True), "a": (True, False), "b": (False, False)}
 
 
+#: Level lists at least this long (snapshots) are checked a column at a time.
+_COLUMNS_FROM = 12
+#: Kraken's level timestamps as it writes them (seconds, six decimals), one per
+#: line. Of one shape, the latest is the greatest text: no float() per level.
+_STAMP_LINES = re.compile(r"[0-9]{10}\.[0-9]{6}(?:\n[0-9]{10}\.[0-9]{6})*")
+_price, _size, _stamp = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
 def _parse_levels(levels: Any, key: str, target: list[RawLevel]) -> tuple[str, float]:
     """Validate Kraken levels into ``target``; returns the latest timestamp (text, value)."""
     if not isinstance(levels, list):
         raise MalformedFrameError(f"{key}: expected a list of levels")
+    if len(levels) >= _COLUMNS_FROM:
+        columns = _level_columns(levels)
+        if columns is not None:
+            target.extend(columns[0])
+            return columns[1], float(columns[1])
     latest, latest_value = "", -1.0
     for level in levels:
         if not isinstance(level, list) or not 3 <= len(level) <= 4:
@@ -319,3 +334,27 @@ def _parse_levels(levels: Any, key: str, target: list[RawLevel]) -> tuple[str, f
             latest, latest_value = stamp, value
         target.append((price, size))
     return latest, latest_value
+
+
+def _level_columns(levels: list) -> tuple[list[RawLevel], str] | None:
+    """``_parse_levels`` for a long list (a snapshot of hundreds of levels), a column at a time.
+
+    Accepts exactly what the level-by-level loop accepts, restricted to
+    timestamps of Kraken's own shape. None when any level falls outside that
+    (a wrong structure, a bad value, another timestamp shape): the loop then
+    checks level by level and names the offending level, or accepts it.
+    """
+    if set(map(type, levels)) != {list}:
+        return None
+    lengths = set(map(len, levels))
+    if not lengths <= {3, 4}:
+        return None
+    if 4 in lengths and {level[3] for level in levels if len(level) == 4} != {"r"}:
+        return None
+    prices, sizes, stamps = list(map(_price, levels)), list(map(_size, levels)), list(map(_stamp, levels))
+    if not decimal_columns(prices, sizes) or set(map(type, stamps)) != {str}:
+        return None
+    text = "\n".join(stamps)
+    if text.count("\n") != len(stamps) - 1 or _STAMP_LINES.fullmatch(text) is None:
+        return None
+    return list(zip(prices, sizes)), max(stamps)
