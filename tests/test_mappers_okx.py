@@ -155,6 +155,24 @@ def test_seq_chain_with_zero_checksums_detects_a_broken_chain_and_resyncs():
     assert (sync.gaps, sync.checksum_ok, sync.checksum_failed) == (1, 0, 0)
 
 
+def test_the_last_applied_message_delivered_again_is_dropped_not_a_gap():
+    m = OkxMapper()
+    sync = BookSync("okx", "BTC-USDT", "BTC-USDT", m.sync_rules())
+    snapshot = book_frame("snapshot", [("100", "1")], [("101", "1")], seq=1000, prev=-1)
+    update = book_frame("update", [("100", "3")], [], seq=1007, prev=1000)
+    for frame in (snapshot, update):
+        sync.on_message(one(m, frame))
+    again = sync.on_message(one(m, update))
+    assert again.applied == [] and not again.needs_resync and again.events == []
+    assert sync.is_synced and sync.dropped_stale == 1 and sync.book.best_bid() == ("100", "3")
+    # The chain goes on from the message the book ends with.
+    out = sync.on_message(one(m, book_frame("update", [("100", "4")], [], seq=1010, prev=1007)))
+    assert len(out.applied) == 1 and sync.last_seq == 1010
+    # An older message delivered again cannot be told from a lost one: a gap.
+    out = sync.on_message(one(m, update))
+    assert out.needs_resync and [e.kind for e in out.events] == [FeedEventKind.GAP, FeedEventKind.RESYNC]
+
+
 def test_subscriptions_and_registry():
     m = get_mapper("OKX")
     assert m.default_endpoints.ws_url == "wss://ws.okx.com:8443/ws/v5/public"

@@ -83,7 +83,13 @@ class OkxSyncRules(SyncRules):
             return Link.APPLY
         # prevSeqId names the message it follows; seqId may equal it (no change)
         # or even be smaller after a maintenance reset. Only the link matters.
-        return Link.APPLY if msg.prev_seq == last_seq else Link.GAP
+        if msg.prev_seq == last_seq:
+            return Link.APPLY
+        # The message the book ends with, delivered again: already applied. (A
+        # copy of an older one cannot be told from a loss: that stays a gap.)
+        if msg.seq == last_seq:
+            return Link.STALE
+        return Link.GAP
 
     def checksum(self, book: OrderBook) -> int:
         return okx_checksum(book.top("bid", CHECKSUM_LEVELS), book.top("ask", CHECKSUM_LEVELS))
