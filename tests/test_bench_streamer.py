@@ -55,3 +55,22 @@ def test_several_streamer_processes_combine_into_one_run():
     assert combined["peak_rss_mb"] == 220.0 and combined["peak_rss_mb_per_process"] == [100.0, 120.0]
     assert combined["latency_latest_p99_ms"] == 9.0 and combined["loop_lag_p99_ms"] == 4.0  # the worst process
     assert combined["counters"]["checksum_ok"] == 15 and combined["counters"]["sequence_gaps"] == 2
+
+
+def test_the_steady_paced_case_holds_one_connection_at_its_offered_rate(settings):
+    # One pre-rendered connection: every book synced once, then updates only
+    # (no reconnect, hence no resync, inside the run). Speed is never asserted.
+    import os
+
+    from streamer.bench.e2e.suite import Harness, paced_steady_case
+    from streamer.embedded import export_env
+
+    harness = Harness({**os.environ, **export_env(settings)})
+    figures = paced_steady_case(harness, runs=1, duration=0.5, command="coby bench streamer --json", rate=1_500)
+    by_name = {f["name"]: f for f in figures}
+    rate = by_name["paced.sim-kraken.10sym.rate1500.frames_per_s"]
+    assert rate["offered_frames_per_s"] == 1_500 and rate["symbols"] == 10
+    assert rate["connections_per_run"] == [1]
+    assert rate["checksum_failed"] == [0] and rate["checksum_ok"][0] > 0 and rate["sequence_gaps"] == [0]
+    assert rate["frames_measured"][0] > 0 and rate["timed_out"] == [False]
+    assert "paced.sim-kraken.10sym.rate1500.latency_p99_ms" in by_name

@@ -8,7 +8,11 @@ Cases (each run is a fresh streamer process against a fresh exchange process):
 * ``sim.okx.rate<R>``: the simulated OKX market paced in real time at rising
   rates (latency at a known offered load);
 * ``paced.<capture>.rate10000``: the Kraken and OKX captures looped and
-  served at a constant 10,000 frames/s (latency at the target's load);
+  served at a constant 10,000 frames/s (latency at the target's load; each
+  loop resyncs every book from the session's in-band snapshots);
+* ``paced.sim-kraken.10sym.rate10000``: a pre-rendered simulated Kraken
+  session (10 symbols) at the same 10,000 frames/s, steady state: one
+  snapshot per book at the start, then updates only, as a live connection;
 * ``scale.<exchanges>.<N>sym``: simulated markets, pre-rendered once per
   suite run (:mod:`.prerender`) and served looped as fast as the streamer
   reads, 10/100/1,000 symbols, one and three exchanges; with three exchanges
@@ -59,6 +63,8 @@ QUICK_FRAMES = 1_000
 #: Offered load of the paced capture cases (the latency target is stated at 10k frames/s).
 PACED_RATE = 10_000
 PACED_CAPTURES = ("kraken-spot", "okx")
+#: The steady-state paced case: a pre-rendered simulated session of this exchange and symbol count.
+PACED_STEADY = ("kraken", 10)
 #: Case groups: e2e (looped captures + floors), paced (captures at 10k frames/s), sim (simulator in real
 #: time), scale (pre-rendered simulator sessions as fast as the streamer reads), soak (RSS over a
 #: long full-speed run).
@@ -351,6 +357,11 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
                                 duration_s=duration, loops=loops, frames_per_loop=frames_per_loop,
                                 paced="constant frame rate; the capture looped on one connection"))
 
+        # 1d. Steady state at the same rate: a live connection resyncs only when it reconnects,
+        # where a looped capture resyncs every book each loop (every 0.44 s on Kraken's).
+        if options.simulated and "paced" in options.groups:
+            add(paced_steady_case(harness, runs=runs, duration=duration, command=cmd))
+
         # 6. Scale: as fast as the streamer reads, more symbols, more exchanges. The simulated
         # markets are pre-rendered once per suite run and served from the recordings (see
         # scale_sources), so the streamer, not the simulator, sets the pace.
@@ -419,6 +430,32 @@ def scale_case(harness: Harness, sources: dict, exchanges: str, symbols: int, *,
                        note=SCALE_NOTE, frames_per_loop=sum(item.frames for item in recorded),
                        rate_per_symbol=DEFAULT_RATE,
                        connections_per_run=[r.get("served", {}).get("connections") for r in results])
+
+
+def paced_steady_case(harness: Harness, *, runs: int, duration: float, command: str,
+                      rate: int = PACED_RATE) -> list[dict]:
+    """``paced.sim-kraken.10sym.rate10000``: a pre-rendered simulated session served at ``rate`` frames/s.
+
+    The recording is long enough for the warm-up and the run on one
+    connection: every book is synced once at the start (in the warm-up) and
+    the measured window holds updates only.
+    """
+    protocol, symbols = PACED_STEADY
+    warmup = 1.0
+    frames = int((warmup + duration + 1.0) * rate)
+    with tempfile.TemporaryDirectory(prefix="coby-bench-steady-") as tmp:
+        from . import prerender  # here: only the simulated cases need the simulator
+
+        source = prerender.prerender_many([PACED_STEADY], Path(tmp), frames)[PACED_STEADY]
+        results = [harness.run_case(["capture", str(source.path), "--rate", str(rate)],
+                                    expect=False, duration=duration, warmup=warmup)
+                   for _ in range(runs)]
+    return _figures_of(f"paced.sim-{protocol}.{symbols}sym.rate{rate}", results, command,
+                       offered_frames_per_s=rate, duration_s=duration, symbols=symbols,
+                       frames_recorded=source.frames,
+                       connections_per_run=[r.get("served", {}).get("connections") for r in results],
+                       paced="constant frame rate; one connection, one snapshot per book, then updates only",
+                       note="source: a pre-rendered market-simulator recording (coby-capture)")
 
 
 def soak_figures(harness: Harness, path: Path, seconds: float, command: str) -> list[dict]:
