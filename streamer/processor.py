@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from itertools import islice
+from typing import Iterable
 
 import orjson
 
@@ -21,7 +23,7 @@ from .book.sync import BookSync
 from .contract import BOOK_SNAPSHOTS, BOOK_UPDATES, FEED_EVENTS, INSTRUMENTS, QUARANTINE, TRADES, Table
 from .errors import CobyError
 from .exchanges.base import ExchangeMapper, raw_text
-from .journal.records import Kind, Record
+from .journal.records import Kind, Record, tick_part
 from .models import BookMessage, ControlEvent, FeedEvent, FeedEventKind, Quarantine, TradeEvent
 from .sinks import rows
 from .book.orderbook import OrderBook
@@ -146,7 +148,7 @@ class FeedProcessor:
         elif kind is Kind.DISCONNECT:
             self._on_disconnect(record.local_ts, record.meta, out)
         elif kind is Kind.SNAPSHOT_TICK:
-            self._on_snapshot_tick(record.local_ts, out)
+            self._on_snapshot_tick(record.local_ts, record.meta, out)
         elif kind is Kind.LOCAL_EVENT:
             event = orjson.loads(record.payload)
             self._record(FeedEvent(self.exchange, FeedEventKind(event["kind"]), record.local_ts,
@@ -206,8 +208,22 @@ class FeedProcessor:
             if sync.is_synced:
                 out.unsynced.append(sync)
 
-    def _on_snapshot_tick(self, ts: int, out: Output) -> None:
-        for sync in self.books.values():
+    def _on_snapshot_tick(self, ts: int, part: str, out: Output) -> None:
+        """Snapshot rows of every synced book, or with ``part`` ("start:stop") of that slice of the books.
+
+        A feed with many books journals one tick in parts (see
+        :meth:`streamer.feed.ExchangeFeed.snapshot_tick`), so that building
+        100,000 rows does not hold the event loop in one piece.
+        """
+        books: Iterable[BookSync] = self.books.values()
+        if part:
+            try:
+                start, stop = tick_part(part)
+            except ValueError as exc:  # not written by this code: say so, and snapshot every book
+                self._record(FeedEvent(self.exchange, FeedEventKind.ERROR, ts, detail=str(exc)[:500]), out)
+            else:
+                books = islice(books, start, stop)
+        for sync in books:
             if not sync.is_synced:
                 continue
             bids, asks = select_levels(sync.book, self.snapshot_depth, self.snapshot_band_pct)

@@ -177,3 +177,21 @@ def test_book_matches_a_naive_model(ops, depth):
     best_bid = max(model["bid"]) if model["bid"] else None
     best_ask = min(model["ask"]) if model["ask"] else None
     assert book.is_crossed() == (best_bid is not None and best_ask is not None and best_bid >= best_ask)
+
+
+def test_a_pickled_book_comes_back_with_the_exchange_strings_in_order():
+    import pickle
+
+    book = OrderBook()
+    book.apply_levels("bid", [(f"{100 - i}.{i:02d}", f"{i + 1}.500") for i in range(40)])
+    book.apply_levels("ask", [("101.0", "1"), ("100.99", "0.1"), ("102", "3.0")])
+    book.apply("ask", "103.5\n", "2")  # float() takes the newline; the pickled text must not split on it
+    again = pickle.loads(pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL))
+    for side in ("bid", "ask"):
+        assert list(again.levels(side)) == list(book.levels(side))
+    assert again.best_ask() == ("100.99", "0.1") and again.depth("ask") == 4
+    empty = pickle.loads(pickle.dumps(OrderBook()))
+    assert len(empty) == 0 and empty.best_bid() is None
+    # The copy is a book of its own.
+    again.apply("bid", "100.00", "0")
+    assert book.depth("bid") == 40 and again.depth("bid") == 39

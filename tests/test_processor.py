@@ -170,3 +170,53 @@ def test_a_book_whose_snapshot_never_comes_asks_again():
     assert [s.native_symbol for s in late.resyncs] == ["BTC-USDT"]
     again = processor.process(Record(4, 7_000_000, Kind.WS_TEXT, "", update))
     assert again.resyncs == []  # asked one second ago: wait for it
+
+
+def _synced_okx_processor(count: int) -> FeedProcessor:
+    """An OKX processor with ``count`` books, each synced from a one-level snapshot."""
+    natives = [f"A{i}-USDT" for i in range(count)]
+    processor = FeedProcessor("okx", get_mapper("okx"), natives)
+    processor.process(Record(1, 1, Kind.CONNECT, "ws://a", b""))
+    for i, native in enumerate(natives):
+        frame = ('{"arg":{"channel":"books","instId":"%s"},"action":"snapshot","data":[{'
+                 '"asks":[["%d.5","1","0","1"]],"bids":[["%d","2","0","1"]],"ts":"1","checksum":0}]}' % (native, i + 10, i + 10))
+        processor.process(Record(2 + i, 2 + i, Kind.WS_TEXT, "", frame.encode()))
+    return processor
+
+
+def test_a_snapshot_tick_in_parts_writes_what_one_tick_writes():
+    from streamer.contract import BOOK_SNAPSHOTS
+    from streamer.journal.records import tick_parts
+
+    whole = _synced_okx_processor(250).process(Record(900, 5_000, Kind.SNAPSHOT_TICK, "", b"")).rows[BOOK_SNAPSHOTS]
+    assert len(whole) == 500  # a bid and an ask per book
+    processor = _synced_okx_processor(250)
+    parts = tick_parts(len(processor.books))
+    assert parts == ["0:100", "100:200", "200:300"]
+    rows_by_part = [processor.process(Record(900 + n, 5_000, Kind.SNAPSHOT_TICK, part, b"")).rows[BOOK_SNAPSHOTS]
+                    for n, part in enumerate(parts)]
+    assert [len(r) for r in rows_by_part] == [200, 200, 100]
+    assert [row for part in rows_by_part for row in part] == whole
+    assert processor.stats.snapshots_written == 250
+
+
+def test_a_snapshot_tick_part_it_cannot_read_is_reported_and_every_book_written():
+    from streamer.contract import BOOK_SNAPSHOTS
+
+    processor = _synced_okx_processor(3)
+    out = processor.process(Record(900, 5_000, Kind.SNAPSHOT_TICK, "7:x", b""))
+    assert len(out.rows[BOOK_SNAPSHOTS]) == 6
+    [event] = out.rows[FEED_EVENTS]
+    assert "error" in event and "snapshot tick part" in event[-1]
+
+
+def test_tick_parts_cover_every_book_once():
+    from streamer.journal.records import tick_part, tick_parts
+
+    assert tick_parts(0) == tick_parts(100) == [""]
+    for books in (101, 199, 200, 1000, 1234):
+        covered = [i for part in tick_parts(books) for i in range(*tick_part(part))]
+        assert covered[:books] == list(range(books)) and len(covered) - books < 100
+    for bad in ("", "1", "a:b", "5:5", "-1:3", "3:1"):
+        with pytest.raises(ValueError):
+            tick_part(bad)

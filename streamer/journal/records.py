@@ -25,13 +25,34 @@ class Kind(IntEnum):
     CONNECT = 4
     #: The connection ended. ``meta`` is the reason.
     DISCONNECT = 5
-    #: Time to write a periodic book snapshot of every synced book.
+    #: Time to write a periodic book snapshot of every synced book. ``meta`` is
+    #: "" (every book) or "start:stop": that slice of the books in subscription
+    #: order (see :func:`tick_parts`).
     SNAPSHOT_TICK = 6
     #: The whole feed state (books, sync state, mapper state), pickled: a base
     #: from which re-processing can start without the records before it.
     STATE = 7
     #: A feed event raised locally (memory alarm, spool alarm); ``payload`` is JSON.
     LOCAL_EVENT = 8
+
+
+#: Books per snapshot-tick record: a feed with more journals one tick in parts.
+TICK_BOOKS = 100
+
+
+def tick_parts(books: int, per_part: int = TICK_BOOKS) -> list[str]:
+    """The ``meta`` of each SNAPSHOT_TICK record of one tick over ``books`` books."""
+    if books <= per_part:
+        return [""]
+    return [f"{start}:{start + per_part}" for start in range(0, books, per_part)]
+
+
+def tick_part(meta: str) -> tuple[int, int]:
+    """``"start:stop"`` -> (start, stop); ValueError for anything else."""
+    start, sep, stop = meta.partition(":")
+    if not (sep and start.isdigit() and stop.isdigit()) or int(start) >= int(stop):
+        raise ValueError(f"snapshot tick part must be 'start:stop', got {meta!r}")
+    return int(start), int(stop)
 
 
 @dataclass(slots=True)
