@@ -87,10 +87,17 @@ def decimal_columns(*columns: Sequence) -> bool:
     for column in columns:
         if set(map(type, column)) != _STR_ONLY:
             return False
-        text = "\n".join(column)
-        if text.count("\n") != len(column) - 1 or _DECIMAL_LINES.fullmatch(text) is None:
+        text = as_lines(column)
+        if text is None or _DECIMAL_LINES.fullmatch(text) is None:
             return False
     return True
+
+
+def as_lines(fields: Sequence[str]) -> str | None:
+    """The fields joined one per line, or None when a field holds a newline itself
+    (it would pass for two): the text column-wise checks and encodings work on."""
+    text = "\n".join(fields)
+    return text if text.count("\n") == len(fields) - 1 else None
 
 
 def _parse_levels_one_by_one(levels: list, what: str) -> list[RawLevel]:
@@ -113,8 +120,8 @@ def _parse_levels_one_by_one(levels: list, what: str) -> list[RawLevel]:
 def _column_text(levels, field) -> str | list[str]:
     """One field of every level as one text, a line each; as a list if a field holds a newline itself."""
     values = list(map(field, levels))
-    text = "\n".join(values)
-    return text if text.count("\n") == len(values) - 1 else values
+    text = as_lines(values)
+    return values if text is None else text
 
 
 def _column_values(column: str | list[str]) -> list[str]:

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from ...book.orderbook import OrderBook, decimal_columns, is_decimal
+from ...book.orderbook import OrderBook, as_lines, decimal_columns, is_decimal
 from ...book.sync import SyncRules
 from ...errors import ConfigError, InvalidValueError, MalformedFrameError, MappingError, UnknownSymbolError
 from ...models import BookMessage, ControlEvent, MappedEvent, RawLevel, TradeEvent
@@ -354,7 +354,7 @@ def _level_columns(levels: list) -> tuple[list[RawLevel], str] | None:
     prices, sizes, stamps = list(map(_price, levels)), list(map(_size, levels)), list(map(_stamp, levels))
     if not decimal_columns(prices, sizes) or set(map(type, stamps)) != {str}:
         return None
-    text = "\n".join(stamps)
-    if text.count("\n") != len(stamps) - 1 or _STAMP_LINES.fullmatch(text) is None:
+    text = as_lines(stamps)
+    if text is None or _STAMP_LINES.fullmatch(text) is None:
         return None
     return list(zip(prices, sizes)), max(stamps)
