@@ -287,7 +287,9 @@ async def test_idle_sink_notices_a_restart_and_repopulates_redis(settings, own_r
         own_redis["server"] = start_redis(own_redis["dir"], port=own_redis["port"])
         assert client.get(keys.book("binance", "BTC-USDT")) is None  # a restarted cache is empty
         # No new publish: the health check notices the new server and the sink rewrites.
-        await _wait_for(lambda: client.get(keys.book("binance", "BTC-USDT")) is not None)
+        # The key is visible to this client as soon as Redis ran the write, before the
+        # sink has read the reply and counted the resync: wait for both.
+        await _wait_for(lambda: client.get(keys.book("binance", "BTC-USDT")) is not None and sink.resyncs >= 2)
         assert sink.resyncs >= 2
     assert orjson.loads(client.get(keys.book("binance", "BTC-USDT")))["seq"] == 5
     assert client.hgetall(keys.status("binance")) == _status(5).as_redis_hash()
