@@ -387,9 +387,8 @@ class RedisSink:
 
         Part of the receive loop's turn hint (:class:`streamer.connection.ws.TurnHint`).
         """
-        waiter = self._due_wait
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._due_wait is not None:
+            _resolve(self._due_wait)
 
     async def _check_health(self) -> None:
         """PING when idle, so a Redis restart is noticed (and the cache rewritten
@@ -537,5 +536,6 @@ class RedisSink:
 
 
 def _resolve(waiter: asyncio.Future) -> None:
+    """End a wait, by its timer or by release(), whichever comes first."""
     if not waiter.done():
         waiter.set_result(None)
