@@ -20,6 +20,7 @@ from .capture.writer import CaptureWriter
 from .config import Settings
 from .connection.clock import now_us
 from .durability import FeedDurability
+from .errors import ConfigError
 from .exchanges.registry import get_mapper
 from .gc_tuning import tune_for_streaming
 from .feed import ExchangeFeed, FeedConfig
@@ -52,17 +53,25 @@ class _CaptureRecorder:
         self.writer.http(url, data)
 
 
-def journal_dir(settings: Settings, exchange: str) -> Path:
+def journal_root(settings: Settings) -> Path:
     """A journal belongs to the database and schema its checkpoints are in:
     pointing COBY at another database starts new journals rather than
     replaying old ones into it."""
-    return settings.data_dir / "journal" / f"{settings.db.name}.{settings.db.schema}" / exchange
+    return settings.data_dir / "journal" / f"{settings.db.name}.{settings.db.schema}"
+
+
+def journal_dir(settings: Settings, feed: str) -> Path:
+    """The journal of one feed (``okx``, or ``okx@2`` for a shard)."""
+    return journal_root(settings) / feed
 
 
 class Streamer:
     def __init__(self, settings: Settings, feeds: list[FeedConfig], *, record_dir: Path | None = None) -> None:
         if not feeds:
             raise ValueError("no exchanges configured")
+        names = [config.name for config in feeds]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a feed is configured twice: {sorted(names)}")
         self.settings = settings
         self.feed_configs = feeds
         self.record_dir = record_dir
@@ -86,15 +95,15 @@ class Streamer:
             recorder = None
             if self.record_dir is not None:
                 self.record_dir.mkdir(parents=True, exist_ok=True)
-                session = f"{config.exchange}-{now_us() // 1_000_000}"
+                session = f"{config.name}-{now_us() // 1_000_000}"
                 writer = CaptureWriter(
                     self.record_dir / f"{session}.jsonl.gz", exchange=config.exchange, session=session
                 )
                 self._writers.append(writer)
                 recorder = _CaptureRecorder(writer)
             durability = FeedDurability(
-                config.exchange,
-                journal_dir(self.settings, config.exchange),
+                config.name,
+                journal_dir(self.settings, config.name),
                 self.pg,
                 budget_bytes=self.settings.spool_budget_mb * 2**20,
             )
@@ -111,7 +120,7 @@ class Streamer:
         tune_for_streaming()  # set up: keep the collector's pauses off the frames from here on
         self.started_us = now_us()
         for feed in self.feeds:
-            self._tasks.append(asyncio.create_task(feed.run(), name=f"feed-{feed.exchange}"))
+            self._tasks.append(asyncio.create_task(feed.run(), name=f"feed-{feed.name}"))
         # Helper tasks last: stop() lets the feeds finish and cancels these.
         self._helpers = [
             asyncio.create_task(self.snapshotter.run(), name="snapshotter"),
@@ -162,4 +171,4 @@ class Streamer:
         return None
 
     def summary(self) -> dict:
-        return {feed.exchange: feed.summary() for feed in self.feeds}
+        return {feed.name: feed.summary() for feed in self.feeds}

@@ -1,6 +1,6 @@
 """The ``coby`` command.
 
-    coby stream [EXCHANGE:SYM,SYM ...] [--duration S] [--record DIR] [--processes N]
+    coby stream [EXCHANGE[@SHARD]:SYM,SYM ...] [--duration S] [--record DIR] [--processes N]
     coby capture replay FILE [--exchange PROTOCOL] [--speed max|1|N] [--faults SPEC]
     coby simulate [--exchanges binance,kraken,okx] [--duration S] [--faults SPEC]
     coby demo [--duration S] [--no-ui]
@@ -63,11 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     stream = sub.add_parser("stream", help="stream live books and trades into PostgreSQL and Redis")
     stream.add_argument("specs", nargs="*", metavar="EXCHANGE:SYMBOLS",
-                        help="e.g. binance:BTC-USDT,ETH-USDT (default: COBY_STREAMS or a BTC/ETH set per exchange)")
+                        help="e.g. binance:BTC-USDT,ETH-USDT; okx@1:BTC-USDT okx@2:ETH-USDT names the shards "
+                             "(connections) of one exchange (default: COBY_STREAMS or a BTC/ETH set per exchange)")
     stream.add_argument("--duration", type=_positive, help="stop after this many seconds")
     stream.add_argument("--record", metavar="DIR", help="also record every raw frame (coby-capture/1) into DIR")
     stream.add_argument("--processes", type=int, metavar="N",
-                        help="spread the exchanges over N streamer processes (default: COBY_PROCESSES or 1)")
+                        help="spread the exchanges over N streamer processes, splitting the busiest into shards "
+                             "when there are more processes than exchanges (default: COBY_PROCESSES or 1)")
+    # Set by `--processes` on its children: the parent planned and checked the whole layout.
+    stream.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
 
     capture = sub.add_parser("capture", help="recorded sessions")
     capture_sub = capture.add_subparsers(dest="capture_command", required=True)

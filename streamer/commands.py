@@ -25,6 +25,7 @@ from .exchanges.registry import PROTOCOL_ALIASES, get_mapper
 from .feed import FeedConfig
 from .live import read_live_books
 from .services import running_services
+from .shards import check_disjoint, check_layout, parse_feed_name, plan_feeds
 from .symbols import validate_symbol
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,34 @@ def _fault_plan(spec: str | None):
 
 
 def parse_stream_specs(specs: list[str]) -> dict[str, list[str]]:
-    """``["binance:BTC-USDT,ETH-USDT", ...]`` -> ``{"binance": ["BTC-USDT", "ETH-USDT"]}``."""
+    """``["binance:BTC-USDT,ETH-USDT", "okx@1:BTC-USDT"]`` -> feed name -> symbols.
+
+    A feed is an exchange (``binance``) or one shard of it (``okx@1``, see
+    :mod:`streamer.shards`).
+    """
     result: dict[str, list[str]] = {}
     for spec in specs:
-        exchange, sep, symbols = spec.partition(":")
-        exchange = exchange.strip().lower()
+        name, sep, symbols = spec.partition(":")
+        name = name.strip().lower()
         if not sep or not symbols.strip():
-            raise ConfigError(f"stream spec must look like exchange:SYM1,SYM2, got {spec!r}")
+            raise ConfigError(f"stream spec must look like exchange:SYM1,SYM2 or exchange@N:SYM1,SYM2, got {spec!r}")
+        exchange, _shard = parse_feed_name(name)
         get_mapper(exchange)  # raises UnknownExchangeError with the list of known ones
-        result.setdefault(exchange, [])
+        result.setdefault(name, [])
         for symbol in symbols.split(","):
-            result[exchange].append(validate_symbol(symbol.strip()))
+            result[name].append(validate_symbol(symbol.strip()))
+    check_disjoint(result)
     return result
+
+
+def feed_configs(wanted: dict[str, list[str]], settings: Settings) -> list[FeedConfig]:
+    """One :class:`FeedConfig` per feed of :func:`parse_stream_specs`."""
+    configs = []
+    for name, symbols in wanted.items():
+        exchange, shard = parse_feed_name(name)
+        configs.append(FeedConfig(exchange, symbols, resolve_endpoints(get_mapper(exchange)),
+                                  ws=ws_options(settings), shard=shard))
+    return configs
 
 
 async def _run_streamer(settings: Settings, feeds: list[FeedConfig], *, duration: float | None,
@@ -100,12 +117,13 @@ async def stream(args) -> dict:
     settings = load_settings()
     specs = args.specs or (os.environ.get("COBY_STREAMS") or DEFAULT_STREAMS).split()
     wanted = parse_stream_specs(specs)
-    feeds = [
-        FeedConfig(exchange, symbols, resolve_endpoints(get_mapper(exchange)), ws=ws_options(settings))
-        for exchange, symbols in wanted.items()
-    ]
-    processes = args.processes if getattr(args, "processes", None) else _env_processes()
+    supervised = getattr(args, "supervised", False)
+    processes = 1 if supervised else args.processes if getattr(args, "processes", None) else _env_processes()
+    if processes > 1:
+        wanted = plan_feeds(wanted, processes)  # more processes than exchanges: split the busiest
     with running_services(settings) as resolved:
+        if not supervised:  # a child sees only its own feeds; its parent checked them all
+            check_layout(resolved, list(wanted))
         if processes > 1 and len(wanted) > 1:
             from .embedded import export_env
             from .processes import run_processes, split_exchanges
@@ -114,7 +132,7 @@ async def stream(args) -> dict:
             env = {**os.environ, **export_env(resolved)}
             return await run_processes(split_exchanges(wanted, processes), env, duration=args.duration,
                                        record_dir=args.record)
-        return await _run_streamer(resolved, feeds, duration=args.duration,
+        return await _run_streamer(resolved, feed_configs(wanted, resolved), duration=args.duration,
                                    record_dir=Path(args.record) if args.record else None)
 
 

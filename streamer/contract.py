@@ -154,6 +154,9 @@ BOOK_SNAPSHOTS = Table(
     "Periodic snapshots of every synchronised book (top N levels or a band around mid).",
 )
 
+#: ``detail`` of the ``disconnected`` feed event of a deliberate stop (not a failure).
+STOPPED = "stopped"
+
 FEED_EVENTS = Table(
     "feed_events",
     (
@@ -161,7 +164,7 @@ FEED_EVENTS = Table(
         _EXCHANGE,
         _t("symbol", "text", "empty for connection-wide events"),
         _t("event", "text", "synced, gap, checksum_failed, resync, crossed, connected, disconnected, stall, error"),
-        _t("detail", "text"),
+        _t("detail", "text", f"free text; '{STOPPED}' on a disconnected event: the streamer stopped on purpose"),
     ),
     "What happened to books and connections: gaps, resyncs, checksum failures, disconnects.",
 )
@@ -232,7 +235,9 @@ class RedisKeys:
     - ``{prefix}trades:{exchange}:{symbol}``: stream, capped (``MAXLEN ~``), one
       entry per trade with fields ``trade_id, price, size, side, local_ts, exchange_ts``.
     - ``{prefix}status:{exchange}``: hash, connection status (see
-      :meth:`streamer.models.ConnectionStatus.as_redis_hash`).
+      :meth:`streamer.models.ConnectionStatus.as_redis_hash`). An exchange whose
+      symbols are split over several connections (shards, see :mod:`streamer.shards`)
+      has one per connection instead: ``{prefix}status:{exchange}@{shard}``.
     - ``{prefix}updates``: pub/sub channel; each message is ``{exchange}:{symbol}``
       of a book that just changed.
     """
@@ -249,8 +254,9 @@ class RedisKeys:
     def trades(self, exchange: str, symbol: str) -> str:
         return f"{self.prefix}trades:{exchange}:{symbol}"
 
-    def status(self, exchange: str) -> str:
-        return f"{self.prefix}status:{exchange}"
+    def status(self, feed: str) -> str:
+        """``feed``: the exchange, or ``exchange@shard`` for one connection of a split exchange."""
+        return f"{self.prefix}status:{feed}"
 
     @property
     def updates_channel(self) -> str:

@@ -31,6 +31,7 @@ from .connection.backoff import Backoff
 from .connection.clock import now_us
 from .connection.rest import RestClient, RestError
 from .connection.ws import FrameRecorder, WsClient, WsOptions
+from .contract import STOPPED
 from .durability import FeedDurability
 from .errors import CobyError
 from .exchanges.base import Endpoints, ExchangeMapper
@@ -38,6 +39,7 @@ from .journal.records import Kind, Record, tick_parts
 from .models import ConnectionState, ConnectionStatus, FeedEventKind
 from .outputs import Outputs
 from .processor import FeedProcessor
+from .shards import feed_name
 from .stats import FeedStats
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,14 @@ class FeedConfig:
     #: Levels per side of periodic snapshots, or None with ``snapshot_band_pct``.
     snapshot_depth: int = 50
     snapshot_band_pct: float | None = None
+    #: Which of several connections sharing this exchange's symbols this feed is
+    #: ("1", "2", ...; see :mod:`streamer.shards`); empty when one connection carries them all.
+    shard: str = ""
+
+    @property
+    def name(self) -> str:
+        """The feed's own name: its journal, checkpoints and Redis status go by it."""
+        return feed_name(self.exchange, self.shard)
 
 
 class ExchangeFeed:
@@ -77,6 +87,8 @@ class ExchangeFeed:
     ) -> None:
         self.config = config
         self.exchange = config.exchange
+        #: ``okx``, or ``okx@2`` for a shard: the journal stream, checkpoints and status go by it.
+        self.name = config.name
         self._make_mapper = make_mapper
         self.mapper = make_mapper()
         self.outputs = outputs
@@ -88,7 +100,7 @@ class ExchangeFeed:
         self.processor: FeedProcessor | None = None
         self._resync_tasks: dict[str, asyncio.Task] = {}
         self._client: WsClient | None = None
-        self.status = ConnectionStatus(self.exchange, ConnectionState.CONNECTING, now_us())
+        self.status = ConnectionStatus(self.exchange, ConnectionState.CONNECTING, now_us(), shard=config.shard)
         self._native_symbols: list[str] = []
         self._stopping = False
         self._resync_backoff: dict[str, tuple[Backoff | None, float]] = {}
@@ -114,6 +126,7 @@ class ExchangeFeed:
             snapshot_band_pct=self.config.snapshot_band_pct,
             max_buffered_deltas=self.config.max_buffered_deltas,
             max_frame_bytes=self.config.ws.max_frame_bytes,
+            shard=self.config.shard,
         )
 
     # -- lifecycle ---------------------------------------------------------------
@@ -125,7 +138,7 @@ class ExchangeFeed:
         if self.durability.needs_recovery():
             # A previous run ended before PostgreSQL had all its rows: re-derive
             # them from the journal while the live feed starts.
-            self.outputs.pg.spill(self.exchange)
+            self.outputs.pg.spill(self.name)
             self.durability.ensure_recovery(self.new_processor)
         if self.durability.ended_unexpectedly():
             # Close the previous run's connection in the journal, at its last
@@ -140,7 +153,7 @@ class ExchangeFeed:
                 self.mapper.load_instruments(self.mapper.map_instruments(self._instruments_body))
             except (CobyError, ValueError) as exc:
                 # Symbols still normalize by the mapper's naming rules.
-                log.warning("%s: instrument metadata unavailable (%s)", self.exchange, exc)
+                log.warning("%s: instrument metadata unavailable (%s)", self.name, exc)
                 self._instruments_body = ""
 
     async def run(self) -> None:
@@ -150,7 +163,7 @@ class ExchangeFeed:
                 await self.rest.close()
             return
         self._client = WsClient(
-            self.exchange,
+            self.name,
             lambda: self.mapper.ws_url(self.config.endpoints.ws_url, self._native_symbols),
             on_frame=self.on_frame,
             on_connect=self._on_connect,
@@ -206,9 +219,9 @@ class ExchangeFeed:
         """Process one journaled record and act on the output (no awaits: one record is atomic)."""
         assert self.processor is not None
         out = self.processor.process(record)
-        self.outputs.commit(self.exchange, record.seq, out)
+        self.outputs.commit(self.name, record.seq, out)
         self.durability.processed(record.seq)
-        if self.outputs.pg.is_spilled(self.exchange):
+        if self.outputs.pg.is_spilled(self.name):
             self.durability.ensure_recovery(self.new_processor)
         client = self._client
         for reply in out.replies:
@@ -224,7 +237,7 @@ class ExchangeFeed:
         self._sends.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # The connection closed under the reply; the reconnect handles it.
-            log.debug("%s: reply not sent: %s", self.exchange, task.exception())
+            log.debug("%s: reply not sent: %s", self.name, task.exception())
 
     async def snapshot_tick(self, local_ts: int) -> None:
         """Write a periodic snapshot of every synced book (journaled like a frame).
@@ -278,12 +291,12 @@ class ExchangeFeed:
         ts = now_us()
         self.status.state = ConnectionState.STOPPED if self._stopping else ConnectionState.DISCONNECTED
         self.status.since_us = ts
-        self.status.detail = "stopped" if self._stopping else reason
+        self.status.detail = STOPPED if self._stopping else reason
         self.outputs.status(self.status)
         for task in self._resync_tasks.values():
             task.cancel()
         self._resync_tasks.clear()
-        await self._record_and_process(ts, Kind.DISCONNECT, meta="stopped" if self._stopping else reason)
+        await self._record_and_process(ts, Kind.DISCONNECT, meta=STOPPED if self._stopping else reason)
 
     # -- frames --------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes, local_ts: int) -> None:
@@ -307,7 +320,7 @@ class ExchangeFeed:
             budget_mb = self.durability.budget_bytes / 2**20
             detail = (f"spool alarm: journal {size_mb:.0f} MB of {budget_mb:.0f} MB (COBY_SPOOL_BUDGET_MB)"
                       if alarm else f"spool back under 80 %: journal {size_mb:.0f} MB")
-            (log.error if alarm else log.warning)("%s: %s", self.exchange, detail)
+            (log.error if alarm else log.warning)("%s: %s", self.name, detail)
             self.status.detail = detail if alarm else ""
             self.outputs.status(self.status)
             await self.local_event(local_ts, FeedEventKind.ERROR, detail)
@@ -317,7 +330,7 @@ class ExchangeFeed:
             # us, which is recorded as a gap. Nothing already received is lost.
             # A STATE record now lets everything before it be reclaimed as soon
             # as PostgreSQL has it.
-            log.error("%s: journal full; pausing reception", self.exchange)
+            log.error("%s: journal full; pausing reception", self.name)
             if self.processor is not None:
                 self._process(self.durability.write_state(self.processor, local_ts))
             await self.durability.wait_for_space()

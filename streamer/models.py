@@ -256,10 +256,18 @@ class ConnectionStatus:
     reconnects: int = 0
     frames: int = 0
     detail: str = ""
+    #: The shard of a split exchange ("1", "2", ...); empty for a whole exchange.
+    shard: str = ""
+
+    @property
+    def feed(self) -> str:
+        """Whose status this is: ``okx``, or ``okx@2`` for a shard (its Redis key goes by it)."""
+        return f"{self.exchange}@{self.shard}" if self.shard else self.exchange
 
     def as_redis_hash(self) -> dict[str, str]:
         return {
             "exchange": self.exchange,
+            "shard": self.shard,
             "state": self.state.value,
             "since_us": str(self.since_us),
             "last_frame_us": "" if self.last_frame_us is None else str(self.last_frame_us),

@@ -1,12 +1,14 @@
-"""Several streamer processes sharing the work: one group of exchanges each.
+"""Several streamer processes sharing the work: one group of feeds each.
 
 One Python process runs one event loop on one core. When the exchanges of a
 deployment need more than that (many exchanges, thousands of symbols),
 ``coby stream --processes N`` (or ``COBY_PROCESSES``) splits them into up to N
 groups and runs each group as its own ``coby stream`` child process against the
-same PostgreSQL, Redis and data directory. Nothing is shared between children
-but the servers: every exchange has its own journal, checkpoint stream and
-Redis keys, so the groups are independent and each child recovers on its own.
+same PostgreSQL, Redis and data directory. A feed is a whole exchange or, when
+there are more processes than exchanges, one shard of an exchange's symbols
+(:mod:`streamer.shards`). Nothing is shared between children but the servers:
+every feed has its own connection, journal, checkpoint stream and Redis status,
+so the groups are independent and each child recovers on its own.
 
 The parent only supervises: it starts the children, restarts one that exits
 unexpectedly (its journal makes the restart lossless, see
@@ -26,6 +28,7 @@ import orjson
 
 from .connection.backoff import backoff_delay
 from .errors import ConfigError
+from .shards import parse_feed_name
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +37,12 @@ STOP_GRACE_S = 30.0
 
 
 def split_exchanges(wanted: dict[str, list[str]], processes: int) -> list[dict[str, list[str]]]:
-    """Spread the exchanges over at most ``processes`` groups, balanced by symbol count.
+    """Spread the feeds over at most ``processes`` groups, balanced by symbol count.
 
-    An exchange is never split: its feed, journal and checkpoints belong to one
-    process. Largest first, each to the group with the fewest symbols so far.
+    A feed is never split here: its connection, journal and checkpoints belong
+    to one process (shards are planned before, by
+    :func:`streamer.shards.plan_feeds`). Largest first, each to the group with
+    the fewest symbols so far.
     """
     if processes < 1:
         raise ConfigError(f"processes must be at least 1, got {processes}")
@@ -49,7 +54,7 @@ def split_exchanges(wanted: dict[str, list[str]], processes: int) -> list[dict[s
 
 
 def stream_specs(group: dict[str, list[str]]) -> list[str]:
-    """``coby stream`` arguments for one group: ``exchange:SYM,SYM``."""
+    """``coby stream`` arguments for one group: ``exchange:SYM,SYM`` (``exchange@N:...`` for a shard)."""
     return [f"{exchange}:{','.join(symbols)}" for exchange, symbols in group.items()]
 
 
@@ -83,7 +88,8 @@ async def run_processes(groups: list[dict[str, list[str]]], env: dict[str, str],
             await _stop_child(child)
     return {
         "processes": [
-            {"exchanges": sorted(child.group), "restarts": child.restarts, "summary": child.summary}
+            {"feeds": sorted(child.group), "exchanges": sorted({parse_feed_name(name)[0] for name in child.group}),
+             "restarts": child.restarts, "summary": child.summary}
             for child in children
         ],
     }
@@ -97,7 +103,7 @@ async def _supervise(child: _Child, env: dict[str, str], stop: asyncio.Event, de
         remaining = None if deadline is None else deadline - loop.time()
         if remaining is not None and remaining <= 0:
             return
-        args = [sys.executable, "-m", "streamer.cli", "stream", *stream_specs(child.group)]
+        args = [sys.executable, "-m", "streamer.cli", "stream", *stream_specs(child.group), "--supervised"]
         if remaining is not None:
             args += ["--duration", f"{remaining:.3f}"]
         if record_dir is not None:

@@ -86,6 +86,10 @@ class FeedProcessor:
     #: Digest of the instrument body the mapper has loaded (b"": none). A class
     #: attribute, so that a processor pickled before it existed unpickles with it.
     _instruments_digest = b""
+    #: Connection label of this feed's connection events: "" for a whole
+    #: exchange, "@2" for its second shard (see :mod:`streamer.shards`). A class
+    #: attribute for the same reason as the digest above.
+    connection_label = ""
 
     def __init__(
         self,
@@ -97,8 +101,13 @@ class FeedProcessor:
         snapshot_band_pct: float | None = None,
         max_buffered_deltas: int = 10_000,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        shard: str = "",
     ) -> None:
         self.exchange = exchange
+        if shard:
+            # Connection events go in the ``symbol`` column, where nothing starting
+            # with "@" can be a symbol: the quality scores track each connection.
+            self.connection_label = f"@{shard}"
         self.mapper = mapper
         self.native_symbols = list(dict.fromkeys(native_symbols))
         self.snapshot_depth = snapshot_depth
@@ -190,7 +199,8 @@ class FeedProcessor:
         if self.connections > 1:
             self.stats.reconnects += 1
         self.connected = True
-        self._record(FeedEvent(self.exchange, FeedEventKind.CONNECTED, ts, detail=record.meta), out)
+        self._record(FeedEvent(self.exchange, FeedEventKind.CONNECTED, ts, self.connection_label,
+                               detail=record.meta), out)
         out.add_rows(INSTRUMENTS, [rows.instrument_row(self.exchange, s.symbol, n, ts) for n, s in self.books.items()])
         for sync in self.books.values():
             was_synced = sync.is_synced
@@ -203,7 +213,7 @@ class FeedProcessor:
     def _on_disconnect(self, ts: int, reason: str, out: Output) -> None:
         self.connected = False
         kind = FeedEventKind.STALL if reason.startswith("stall") else FeedEventKind.DISCONNECTED
-        self._record(FeedEvent(self.exchange, kind, ts, detail=reason), out)
+        self._record(FeedEvent(self.exchange, kind, ts, self.connection_label, detail=reason), out)
         for sync in self.books.values():
             if sync.is_synced:
                 out.unsynced.append(sync)

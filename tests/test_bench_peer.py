@@ -23,7 +23,8 @@ def test_peer_bench_quick_produces_well_formed_figures(settings, captures_dir):
     for name in ("peer.okx.cryptofeed_noop.frames_per_s", "peer.okx.cryptofeed_pg_redis.frames_per_s",
                  "peer.okx.coby.frames_per_s", "peer.okx.ratio.coby_over_cryptofeed_noop",
                  "peer.okx.ratio.coby_over_cryptofeed_pg_redis", "peer.okx.cryptofeed_handler.frames_per_s",
-                 "peer.okx.ratio.coby_processor_over_cryptofeed_handler"):
+                 "peer.okx.ratio.coby_processor_over_cryptofeed_handler", "peer.okx.coby_2proc.frames_per_s",
+                 "peer.okx.ratio.coby_2proc_over_cryptofeed_pg_redis"):
         assert name in by_name, name
     for f in figures:
         assert f["runs"] == len(f["samples"]) == 1
@@ -42,3 +43,6 @@ def test_peer_bench_quick_produces_well_formed_figures(settings, captures_dir):
     ratio = by_name["peer.okx.ratio.coby_over_cryptofeed_noop"]["median"]
     noop = by_name["peer.okx.cryptofeed_noop.frames_per_s"]["median"]
     assert ratio == pytest.approx(rate["median"] / noop)
+    # The sharded deployment received every frame too, over two processes, checksums holding.
+    assert rate["coby_sharded_frames"] == rate["frames"] and rate["coby_sharded_checksum_ok"] > 0
+    assert by_name["peer.okx.coby_2proc.frames_per_s"]["shards"] == 2

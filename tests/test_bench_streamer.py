@@ -42,16 +42,17 @@ def test_several_streamer_processes_combine_into_one_run():
     assert _spread(feeds, 2) == [[feeds[0], feeds[2]], [feeds[1]]]
     assert _spread(feeds, 1) == [feeds]
     runs = [
-        {"frames": 100, "frames_per_s": 50.0, "level_updates_per_s": 80.0, "cpu_s": 1.0, "cpu_utilisation": 0.5,
+        {"frames": 100, "level_updates": 160, "window_unix": [1000.0, 1002.0], "cpu_s": 1.0,
          "peak_rss_mb": 100.0, "latency_latest_p99_ms": 3.0, "loop_lag_p99_ms": 1.0,
          "counters": {"checksum_ok": 10, "checksum_failed": 0, "sequence_gaps": 0}},
-        {"frames": 300, "frames_per_s": 150.0, "level_updates_per_s": 20.0, "cpu_s": 3.0, "cpu_utilisation": 0.75,
+        {"frames": 300, "level_updates": 40, "window_unix": [1001.0, 1004.0], "cpu_s": 3.0,
          "peak_rss_mb": 120.0, "latency_latest_p99_ms": 9.0, "loop_lag_p99_ms": 4.0,
          "counters": {"checksum_ok": 5, "checksum_failed": 1, "sequence_gaps": 2}},
     ]
     combined = combine_results(runs)
-    assert (combined["frames"], combined["frames_per_s"], combined["level_updates_per_s"]) == (400, 200.0, 100.0)
-    assert combined["cpu_s_per_100k_frames"] == 1000.0 and combined["cpu_utilisation"] == 1.25
+    # Rates over the joined window, 1000.0 to 1004.0: not the sum of each process's own rate.
+    assert (combined["frames"], combined["frames_per_s"], combined["level_updates_per_s"]) == (400, 100.0, 50.0)
+    assert combined["cpu_s_per_100k_frames"] == 1000.0 and combined["cpu_utilisation"] == 1.0
     assert combined["peak_rss_mb"] == 220.0 and combined["peak_rss_mb_per_process"] == [100.0, 120.0]
     assert combined["latency_latest_p99_ms"] == 9.0 and combined["loop_lag_p99_ms"] == 4.0  # the worst process
     assert combined["counters"]["checksum_ok"] == 15 and combined["counters"]["sequence_gaps"] == 2

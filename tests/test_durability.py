@@ -38,12 +38,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = {"binance": ["BTC-USDT", "ETH-USDT"], "okx": ["BTC-USDT", "ETH-USDT"]}
 
 
-def journal_rows(directory: Path, exchange: str) -> dict[str, Counter]:
+def journal_rows(directory: Path, exchange: str, symbols: list[str] | None = None) -> dict[str, Counter]:
     """Rows a processor derives from what is left of a feed's journal, per table,
     as comparable keys: from a fresh processor when the journal starts at a
     connect, from the pickled one when reclaiming left a STATE record first."""
     mapper = get_mapper(exchange)
-    natives = [mapper.native_symbol(s) for s in SYMBOLS[exchange]]
+    natives = [mapper.native_symbol(s) for s in (symbols or SYMBOLS[exchange])]
     processor = None
     after = -1  # rows at or before a starting STATE record belong to reclaimed records
     derived = {"trades": Counter(), "book_updates": Counter()}

@@ -14,8 +14,9 @@ from coby_pipeline.defs.quality.checks import no_crossed_books, scores_above_thr
 from coby_pipeline.defs.replay.assets import replay_dataset
 from coby_pipeline.lib import datasets
 from coby_pipeline.lib.hours import HourWindow
-from coby_pipeline.lib.quality import SCHEMA as QUALITY_SCHEMA, connected_seconds
-from streamer.contract import BOOK_SNAPSHOTS, FEED_EVENTS
+from coby_pipeline.lib.pg_extract import connection_state_before
+from coby_pipeline.lib.quality import SCHEMA as QUALITY_SCHEMA, connected_seconds, intersect
+from streamer.contract import BOOK_SNAPSHOTS, FEED_EVENTS, STOPPED
 
 from .pipeline_data import (  # noqa: F401  (fixtures)
     HOUR,
@@ -183,6 +184,86 @@ def test_connection_state_comes_from_before_the_hour(settings, raw_tables, resou
         assert _row(table, "okx", symbol)["disconnects"] == 1
 
 
+def test_a_split_exchange_is_connected_while_all_its_shards_are_up(settings, raw_tables, resources, datasets_root):
+    hour = SyntheticHour(seconds=30)
+    # okx runs on two shards instead of one connection; binance stays on one.
+    hour.events = [e for e in hour.events if e[1] != "okx"] + [
+        (HOUR + timedelta(milliseconds=1), "okx", "@1", "connected", ""),
+        (HOUR + timedelta(milliseconds=2), "okx", "@2", "connected", ""),
+        # @1 down from minute 10 to 20, @2 from 15 to 25: okx misses data from 10 to 25.
+        (HOUR + timedelta(minutes=10), "okx", "@1", "disconnected", "closed by peer"),
+        (HOUR + timedelta(minutes=15), "okx", "@2", "stall", "no frame for 30 s"),
+        (HOUR + timedelta(minutes=20), "okx", "@1", "connected", ""),
+        (HOUR + timedelta(minutes=25), "okx", "@2", "connected", ""),
+    ]
+    # okx keeps writing until late in the hour.
+    hour.snapshots.append(Snapshot(HOUR + timedelta(minutes=59, seconds=30), "okx", "BTC-USDT",
+                                   [("64000.0", "1.0")], [("64000.5", "1.0")], 1))
+    hour.write(raw_tables, settings.db.schema)
+    assert run_assets([replay_dataset, quality_scores], resources).success
+    table = _read_scores(datasets_root)
+    assert table.height == len(hour.exchanges) * len(hour.books)  # no rows for the labels "@1", "@2"
+    both_up = HOUR + timedelta(milliseconds=2)
+    okx_up = (_last_row(hour, "okx") - both_up).total_seconds() - 15 * 60
+    binance_up = (_last_row(hour, "binance") - (HOUR + timedelta(milliseconds=1))).total_seconds()
+    for symbol in hour.books:
+        assert _row(table, "okx", symbol)["connected_seconds"] == pytest.approx(okx_up, abs=1e-6)
+        assert _row(table, "okx", symbol)["disconnects"] == 2  # one per shard
+        assert _row(table, "binance", symbol)["connected_seconds"] == pytest.approx(binance_up, abs=1e-6)
+        assert _row(table, "binance", symbol)["disconnects"] == 0
+
+
+def test_shard_states_come_from_before_the_hour(settings, raw_tables, resources, datasets_root):
+    schema = settings.db.schema
+    hour = SyntheticHour(seconds=60)
+    hour.events = [
+        (HOUR - timedelta(minutes=30), "binance", "", "connected", ""),
+        (HOUR - timedelta(minutes=50), "okx", "@1", "stall", "no frame for 30 s"),
+        (HOUR - timedelta(minutes=45), "okx", "@1", "connected", ""),
+        (HOUR - timedelta(minutes=40), "okx", "@2", "connected", ""),
+        # @2 went down before the hour and never came back.
+        (HOUR - timedelta(minutes=10), "okx", "@2", "disconnected", "closed by peer"),
+        (HOUR - timedelta(minutes=5), "okx", "BTC-USDT", "gap", "not a connection event"),
+    ]
+    hour.write(raw_tables, schema)
+    # An event inside the hour is not part of the state at its start.
+    copy_rows(raw_tables, schema, FEED_EVENTS, [(HOUR + timedelta(seconds=50), "okx", "@1", "stall", "")])
+    state = connection_state_before(raw_tables, schema, WINDOW)
+    assert state == {("binance", ""): "up", ("okx", "@1"): "up", ("okx", "@2"): "down"}
+
+    assert run_assets([replay_dataset, quality_scores], resources).success
+    table = _read_scores(datasets_root)
+    binance_up = (_last_row(hour, "binance") - HOUR).total_seconds()
+    for symbol in hour.books:
+        assert _row(table, "binance", symbol)["connected_seconds"] == pytest.approx(binance_up)
+        assert _row(table, "okx", symbol)["connected_seconds"] == 0.0
+        assert _row(table, "okx", symbol)["disconnects"] == 1  # the stall of @1 at second 50
+
+
+def test_a_shard_stopped_on_purpose_before_the_hour_is_retired(settings, raw_tables, resources, datasets_root):
+    """okx ran whole until a clean stop, then restarted as two shards: the old
+    connection's deliberate stop does not hold the exchange down."""
+    hour = SyntheticHour(seconds=60)
+    hour.events = [
+        (HOUR - timedelta(minutes=30), "binance", "", "connected", ""),
+        (HOUR - timedelta(minutes=40), "okx", "", "connected", ""),
+        (HOUR - timedelta(minutes=20), "okx", "", "disconnected", STOPPED),
+        (HOUR - timedelta(minutes=19), "okx", "@1", "connected", ""),
+        (HOUR - timedelta(minutes=19), "okx", "@2", "connected", ""),
+        # binance stopped on purpose too, and stayed stopped: on its only connection that is down.
+        (HOUR - timedelta(minutes=5), "binance", "", "disconnected", STOPPED),
+    ]
+    hour.write(raw_tables, settings.db.schema)
+    assert connection_state_before(raw_tables, settings.db.schema, WINDOW) == {
+        ("binance", ""): "stopped", ("okx", ""): "stopped", ("okx", "@1"): "up", ("okx", "@2"): "up"}
+    assert run_assets([replay_dataset, quality_scores], resources).success
+    table = _read_scores(datasets_root)
+    okx_up = (_last_row(hour, "okx") - HOUR).total_seconds()
+    for symbol in hour.books:
+        assert _row(table, "okx", symbol)["connected_seconds"] == pytest.approx(okx_up, abs=1e-6)
+        assert _row(table, "binance", symbol)["connected_seconds"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("events", "up_at_start", "last_row_min", "expected_min"),
     [
@@ -202,6 +283,35 @@ def test_connected_seconds(events, up_at_start, last_row_min, expected_min):
     last_row = None if last_row_min is None else HOUR + timedelta(minutes=last_row_min)
     got = connected_seconds(at, window=WINDOW, up_at_start=up_at_start, last_row=last_row)
     assert got == expected_min * 60
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ([(0, 60)], [(0, 10), (20, 60)], [(0, 10), (20, 60)]),
+        ([(0, 10), (20, 60)], [(0, 15), (25, 60)], [(0, 10), (25, 60)]),
+        # A restart splits an interval in two; the time still counts once.
+        ([(0, 30), (30, 60)], [(10, 50)], [(10, 30), (30, 50)]),
+        ([(0, 10)], [(10, 20)], []),
+        ([], [(0, 60)], []),
+    ],
+)
+def test_intersect(first, second, expected):
+    def at(intervals):
+        return [(HOUR + timedelta(minutes=a), HOUR + timedelta(minutes=b)) for a, b in intervals]
+
+    assert intersect(at(first), at(second)) == at(expected)
+    assert intersect(at(second), at(first)) == at(expected)
+
+
+def test_without_connection_events_the_whole_hour_counts(settings, raw_tables, resources, datasets_root):
+    hour = SyntheticHour(seconds=20)
+    hour.events = []
+    hour.write(raw_tables, settings.db.schema)
+    assert run_assets([replay_dataset, quality_scores], resources).success
+    table = _read_scores(datasets_root)
+    assert table.height == len(hour.exchanges) * len(hour.books)
+    assert table["connected_seconds"].to_list() == [3600.0] * table.height
 
 
 def test_threshold_comes_from_the_resource(settings, raw_tables, resources, datasets_root):

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from streamer.contract import FEED_EVENTS, Table, validate_identifier
+from streamer.contract import FEED_EVENTS, STOPPED, Table, validate_identifier
 
 from .hours import HourWindow
 
@@ -159,16 +159,20 @@ def connection_state_before(
     lookback: timedelta = timedelta(days=7),
     up: str = "connected",
     down: tuple[str, ...] = ("disconnected", "stall"),
-) -> dict[str, bool]:
-    """Whether each exchange's connection was up when the hour began.
+) -> dict[tuple[str, str], str]:
+    """Each connection's state when the hour began, by (exchange, label):
+    ``"up"``, ``"down"``, or ``"stopped"`` (the streamer stopped it on purpose).
 
-    Taken from the last connection event per exchange in the ``lookback``
+    The label is the connection events' ``symbol``: ``''`` for an exchange on
+    one connection, ``'@1'``, ``'@2'``, ... for the shards of a split one.
+    Taken from the last connection event per connection in the ``lookback``
     before the hour (bounded so the query touches few partitions).
     """
     query = sql.SQL(
-        "SELECT DISTINCT ON (exchange) exchange, event FROM {schema}.{table}"
+        "SELECT DISTINCT ON (exchange, symbol) exchange, symbol, event, detail FROM {schema}.{table}"
         " WHERE local_ts >= %s AND local_ts < %s AND event = ANY(%s)"
-        " ORDER BY exchange, local_ts DESC"
+        " ORDER BY exchange, symbol, local_ts DESC"
     ).format(schema=sql.Identifier(validate_identifier(schema)), table=sql.Identifier(FEED_EVENTS.name))
     rows = conn.execute(query, (window.start - lookback, window.start, [up, *down])).fetchall()
-    return {exchange: event == up for exchange, event in rows}
+    return {(exchange, label): "up" if event == up else "stopped" if detail == STOPPED else "down"
+            for exchange, label, event, detail in rows}

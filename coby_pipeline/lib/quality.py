@@ -7,12 +7,17 @@ Columns (one row per exchange and symbol with any data or event in the hour):
   the start of the hour comes from the last such event before it). A
   connection still open at the end counts until the exchange's last stored
   row, because a stopped streamer writes nothing more. With no connection
-  event at all, the whole hour counts.
+  event at all, the whole hour counts. An exchange split over several
+  connections (shards, whose events carry ``symbol = '@1'``, ``'@2'``, ...;
+  ``''`` for an exchange on one connection) counts only the seconds when all
+  of its connections seen in the hour or before it were up: each carries
+  part of the symbols, so any one down means missing data.
 - ``expected_snapshots`` = ``connected_seconds / snapshot_interval``;
   ``actual_snapshots`` = distinct snapshot timestamps; ``coverage`` =
   ``min(1, actual / expected)`` (1 when less than one snapshot was expected).
 - ``gaps``, ``resyncs``, ``checksum_failed``: feed events of the symbol;
-  ``disconnects``: ``disconnected`` and ``stall`` events of the exchange.
+  ``disconnects``: ``disconnected`` and ``stall`` events of the exchange, all
+  of its connections together.
 - ``crossed_books``: snapshots whose best bid >= best ask (crossed or locked).
 - ``latency_p50_ms``, ``latency_p99_ms``: ``local_ts - exchange_ts`` in
   milliseconds, one sample per received message (distinct
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 from typing import Iterable
 
 import polars as pl
@@ -47,6 +53,12 @@ from .hours import HourWindow
 CONNECTION_UP = "connected"
 CONNECTION_DOWN = ("disconnected", "stall")
 COUNTED_EVENTS = {"gap": "gaps", "resync": "resyncs", "checksum_failed": "checksum_failed"}
+#: Connection events name their connection in ``symbol``: '' for an exchange on
+#: one connection, '@1', '@2', ... for its shards. No real symbol looks like that.
+IS_CONNECTION_LABEL = (pl.col("symbol") == "") | pl.col("symbol").str.starts_with("@")
+
+#: (start, end) of a stretch of time.
+Interval = tuple[datetime, datetime]
 
 COLUMNS = [
     "hour",
@@ -102,6 +114,68 @@ class ScorePolicy:
     latency_max_penalty: float = 10.0
 
 
+def up_intervals(
+    events: Iterable[tuple[datetime, str]],
+    *,
+    window: HourWindow,
+    up_at_start: bool | None,
+    last_row: datetime | None,
+) -> list[Interval]:
+    """The (start, end) intervals within ``window`` one connection was up, in time order.
+
+    ``events`` are (time, kind) connection events inside the window;
+    ``up_at_start`` is the state left by the last event before it (None: no
+    history, and with no event either the whole window counts). A second
+    ``connected`` while up restarts the interval there (the previous one
+    ended without a recorded disconnect, so the time in between still
+    counts: snapshots were expected and missed). Still up after the last
+    event: up until ``last_row`` (the exchange's last stored row), at most
+    the window's end.
+    """
+    events = sorted(events)
+    if not events and up_at_start is None:
+        return [(window.start, window.end)]
+    up = bool(up_at_start)
+    opened = window.start
+    intervals = []
+    for at, kind in events:
+        if kind == CONNECTION_UP:
+            if up:
+                intervals.append((opened, at))
+            up, opened = True, at
+        elif kind in CONNECTION_DOWN and up:
+            intervals.append((opened, at))
+            up = False
+    if up:
+        closed = window.end if last_row is None else min(window.end, max(last_row, opened))
+        intervals.append((opened, closed))
+    # The pipeline passes only the window's own events; this guards other callers.
+    clipped = ((max(a, window.start), min(b, window.end)) for a, b in intervals)
+    return [(a, b) for a, b in clipped if a < b]
+
+
+def intersect(first: list[Interval], second: list[Interval]) -> list[Interval]:
+    """The time covered by both lists of ordered, non-overlapping intervals."""
+    out = []
+    i = j = 0
+    while i < len(first) and j < len(second):
+        start, end = max(first[i][0], second[j][0]), min(first[i][1], second[j][1])
+        if start < end:
+            out.append((start, end))
+        # The interval that ends first cannot meet anything later in the other list.
+        if first[i][1] <= second[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _seconds(intervals: Iterable[Interval], window: HourWindow) -> float:
+    """Seconds covered by ``intervals`` (ordered, non-overlapping), at most the window."""
+    total = sum(((b - a).total_seconds() for a, b in intervals), 0.0)
+    return max(0.0, min(total, window.seconds))
+
+
 def connected_seconds(
     events: Iterable[tuple[datetime, str]],
     *,
@@ -109,32 +183,8 @@ def connected_seconds(
     up_at_start: bool | None,
     last_row: datetime | None,
 ) -> float:
-    """Seconds the connection was up within ``window``.
-
-    ``events`` are (time, kind) connection events inside the window, in time
-    order; ``up_at_start`` is the state left by the last event before it
-    (None: no history). A second ``connected`` while up restarts the interval
-    there (the previous one ended without a recorded disconnect, so the time
-    in between still counts: snapshots were expected and missed).
-    """
-    events = sorted(events)
-    if not events and up_at_start is None:
-        return window.seconds
-    up = bool(up_at_start)
-    opened = window.start
-    total = 0.0
-    for at, kind in events:
-        if kind == CONNECTION_UP:
-            if up:
-                total += (at - opened).total_seconds()
-            up, opened = True, at
-        elif kind in CONNECTION_DOWN and up:
-            total += (at - opened).total_seconds()
-            up = False
-    if up:
-        closed = window.end if last_row is None else min(window.end, max(last_row, opened))
-        total += (closed - opened).total_seconds()
-    return max(0.0, min(total, window.seconds))
+    """Seconds one connection was up within ``window`` (see :func:`up_intervals`)."""
+    return _seconds(up_intervals(events, window=window, up_at_start=up_at_start, last_row=last_row), window)
 
 
 def snapshot_stats(snapshots: pl.LazyFrame) -> pl.LazyFrame:
@@ -203,18 +253,19 @@ def quality_scores(
     updates: pl.LazyFrame,
     trades: pl.LazyFrame,
     feed_events: pl.DataFrame,
-    up_at_start: dict[str, bool],
+    state_at_start: dict[tuple[str, str], str],
     snapshot_interval: float,
     policy: ScorePolicy = ScorePolicy(),
 ) -> pl.DataFrame:
     """The quality table of one hour.
 
     ``feed_events`` holds the hour's rows of the raw ``feed_events`` table;
-    ``up_at_start`` the connection state per exchange left by earlier events.
+    ``state_at_start`` the state per (exchange, connection label) left by
+    earlier events (see :func:`coby_pipeline.lib.pg_extract.connection_state_before`).
     """
     if snapshot_interval <= 0:
         raise ValueError(f"snapshot interval must be positive, got {snapshot_interval}")
-    symbol_events = feed_events.filter(pl.col("symbol") != "")
+    symbol_events = feed_events.filter(~IS_CONNECTION_LABEL)
     pairs = (
         pl.concat(
             [
@@ -235,12 +286,14 @@ def quality_scores(
         .group_by("exchange", "symbol")
         .agg(**{name: (pl.col("event") == event).sum().cast(pl.Int64) for event, name in COUNTED_EVENTS.items()})
     )
+    # Every connection of the exchange: a shard's disconnect loses its symbols' data too.
     disconnects = (
         feed_events.filter(pl.col("event").is_in(list(CONNECTION_DOWN)))
         .group_by("exchange")
         .agg(disconnects=pl.len().cast(pl.Int64))
     )
-    connection = _connection_table(feed_events, pairs, window, up_at_start, last_rows(snapshots, updates, trades))
+    connection = _connection_table(feed_events, pairs, window, state_at_start,
+                                   last_rows(snapshots, updates, trades))
 
     table = (
         pairs.lazy()
@@ -269,27 +322,49 @@ def quality_scores(
     return table.collect().cast(dict(SCHEMA))
 
 
+def _up(state: str | None) -> bool | None:
+    """``state_at_start`` as :func:`up_intervals` takes it (None: no history)."""
+    return None if state is None else state == "up"
+
+
 def _connection_table(
     feed_events: pl.DataFrame,
     pairs: pl.DataFrame,
     window: HourWindow,
-    up_at_start: dict[str, bool],
+    state_at_start: dict[tuple[str, str], str],
     last_row: dict[str, datetime],
 ) -> pl.DataFrame:
+    """``connected_seconds`` per exchange: the time all of its connections were up.
+
+    A connection the streamer stopped on purpose before the hour, with no
+    event in it, was retired (the exchange was split differently since): it
+    does not count while another connection of the exchange does.
+    """
     connection_kinds = [CONNECTION_UP, *CONNECTION_DOWN]
-    events = feed_events.filter(pl.col("event").is_in(connection_kinds)).sort("local_ts")
+    events = feed_events.filter(pl.col("event").is_in(connection_kinds))
     exchanges = sorted(set(pairs["exchange"].to_list()))
     seconds = []
     for exchange in exchanges:
+        # The connections known to this exchange, each with its events in the hour;
+        # none known at all is one connection without history.
+        by_label: dict[str, list[tuple[datetime, str]]] = {
+            label: [] for known, label in state_at_start if known == exchange
+        }
         mine = events.filter(pl.col("exchange") == exchange)
-        seconds.append(
-            connected_seconds(
-                list(zip(mine["local_ts"].to_list(), mine["event"].to_list())),
+        for at, label, kind in mine.select("local_ts", "symbol", "event").iter_rows():
+            by_label.setdefault(label, []).append((at, kind))
+        active = {label: label_events for label, label_events in by_label.items()
+                  if label_events or state_at_start.get((exchange, label)) != "stopped"}
+        per_connection = [
+            up_intervals(
+                label_events,
                 window=window,
-                up_at_start=up_at_start.get(exchange),
+                up_at_start=_up(state_at_start.get((exchange, label))),
                 last_row=last_row.get(exchange),
             )
-        )
+            for label, label_events in (active or by_label or {"": []}).items()
+        ]
+        seconds.append(_seconds(reduce(intersect, per_connection), window))
     return pl.DataFrame(
         {"exchange": exchanges, "connected_seconds": seconds},
         schema={"exchange": pl.String, "connected_seconds": pl.Float64},

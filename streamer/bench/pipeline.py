@@ -221,7 +221,7 @@ def run_quality(ws: Workspace) -> pl.DataFrame:
         updates=replay.scan_hour(ws.root, "book_updates", ws.window),
         trades=replay.scan_hour(ws.root, "trades", ws.window),
         feed_events=ws.events,
-        up_at_start={},
+        state_at_start={},
         snapshot_interval=SNAPSHOT_INTERVAL_S,
     )
 

@@ -115,7 +115,7 @@ def session_symbols(capture: Capture, protocol: str | None = None) -> SessionSym
     return SessionSymbols(book, trades)
 
 
-def _loads(text: str | bytes) -> object:
+def loads_frame(text: str | bytes) -> object:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -126,13 +126,18 @@ _BINANCE_BOOK = ("depth",)
 _BINANCE_TRADES = ("aggTrade", "trade")
 
 
-def _binance_stream(name: str, book: list[str], trades: list[str]) -> None:
+def binance_stream_parts(name: str) -> tuple[str, str]:
+    """``nknusdt@depth@100ms`` -> ``("NKNUSDT", "depth")``: native symbol and channel kind."""
     symbol, _, channel = name.partition("@")
-    kind = channel.split("@", 1)[0]
+    return symbol.upper(), channel.split("@", 1)[0]
+
+
+def _binance_stream(name: str, book: list[str], trades: list[str]) -> None:
+    symbol, kind = binance_stream_parts(name)
     if kind.startswith(_BINANCE_BOOK):  # depth, depth@100ms, depth20...
-        book.append(symbol.upper())
+        book.append(symbol)
     elif kind in _BINANCE_TRADES:
-        trades.append(symbol.upper())
+        trades.append(symbol)
 
 
 def _binance_symbols(capture: Capture, book: list[str], trades: list[str]) -> None:
@@ -143,7 +148,7 @@ def _binance_symbols(capture: Capture, book: list[str], trades: list[str]) -> No
                     for name in value.split("/"):
                         _binance_stream(name, book, trades)
         elif rec["dir"] == SEND:
-            msg = _loads(rec["data"])
+            msg = loads_frame(rec["data"])
             if isinstance(msg, dict) and msg.get("method") == "SUBSCRIBE":
                 for name in msg.get("params") or []:
                     if isinstance(name, str):
@@ -156,7 +161,7 @@ def _binance_symbols(capture: Capture, book: list[str], trades: list[str]) -> No
     if book or trades:
         return
     for rec in capture.recv_records():
-        msg = _loads(payload(rec))
+        msg = loads_frame(payload(rec))
         data = msg.get("data", msg) if isinstance(msg, dict) else None
         if isinstance(data, dict) and isinstance(data.get("s"), str):
             if data.get("e") == "depthUpdate":
@@ -167,7 +172,7 @@ def _binance_symbols(capture: Capture, book: list[str], trades: list[str]) -> No
 
 def _kraken_symbols(capture: Capture, book: list[str], trades: list[str]) -> None:
     for rec in capture.send_records():
-        msg = _loads(rec["data"])
+        msg = loads_frame(rec["data"])
         if not (isinstance(msg, dict) and msg.get("event") == "subscribe"):
             continue
         name = (msg.get("subscription") or {}).get("name")
@@ -177,38 +182,54 @@ def _kraken_symbols(capture: Capture, book: list[str], trades: list[str]) -> Non
     if book or trades:
         return
     for rec in capture.recv_records():
-        msg = _loads(payload(rec))
-        # Data frames are [channelID, payload..., channelName, pair].
-        if isinstance(msg, list) and len(msg) >= 4 and isinstance(msg[-2], str) and isinstance(msg[-1], str):
-            if msg[-2].startswith("book"):
-                book.append(msg[-1])
-            elif msg[-2] == "trade":
-                trades.append(msg[-1])
+        channel = kraken_channel(loads_frame(payload(rec)))
+        if channel is None:
+            continue
+        name, pair = channel
+        if name.startswith("book"):
+            book.append(pair)
+        elif name == "trade":
+            trades.append(pair)
+
+
+def kraken_channel(msg: object) -> tuple[str, str] | None:
+    """``(channelName, pair)`` of a v1 data frame, which is ``[channelID, payload..., channelName, pair]``."""
+    if isinstance(msg, list) and len(msg) >= 4 and isinstance(msg[-2], str) and isinstance(msg[-1], str):
+        return msg[-2], msg[-1]
+    return None
 
 
 _OKX_BOOK_CHANNELS = frozenset({"books", "books5", "books50-l2-tbt", "books-l2-tbt", "bbo-tbt"})
 
 
+def okx_inst_id(arg: object) -> str | None:
+    """The instrument an ``arg`` (of a subscribe message, event or data frame) names, if any."""
+    if isinstance(arg, dict) and isinstance(arg.get("instId"), str):
+        return arg["instId"]
+    return None
+
+
 def _okx_arg(arg: object, book: list[str], trades: list[str]) -> None:
-    if not isinstance(arg, dict) or not isinstance(arg.get("instId"), str):
+    inst_id = okx_inst_id(arg)
+    if inst_id is None:
         return
     channel = arg.get("channel")
     if channel in _OKX_BOOK_CHANNELS:
-        book.append(arg["instId"])
+        book.append(inst_id)
     elif channel in ("trades", "trades-all"):
-        trades.append(arg["instId"])
+        trades.append(inst_id)
 
 
 def _okx_symbols(capture: Capture, book: list[str], trades: list[str]) -> None:
     for rec in capture.send_records():
-        msg = _loads(rec["data"])
+        msg = loads_frame(rec["data"])
         if isinstance(msg, dict) and msg.get("op") == "subscribe":
             for arg in msg.get("args") or []:
                 _okx_arg(arg, book, trades)
     if book or trades:
         return
     for rec in capture.recv_records():
-        msg = _loads(payload(rec))
+        msg = loads_frame(payload(rec))
         if isinstance(msg, dict) and "data" in msg:
             _okx_arg(msg.get("arg"), book, trades)
 
@@ -351,13 +372,13 @@ class CaptureReplayBackend(ExchangeBackend):
     async def _answer(self, session: WsSession, message: str) -> bool:
         """Reply to a client message the way the exchange would; True if it subscribes."""
         if self.protocol == "binance":
-            msg = _loads(message)
+            msg = loads_frame(message)
             if isinstance(msg, dict) and msg.get("method") in ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS"):
                 await session.send(orjson.dumps({"result": None, "id": msg.get("id")}).decode())
                 return msg["method"] == "SUBSCRIBE"
             return False
         if self.protocol == "kraken":
-            msg = _loads(message)
+            msg = loads_frame(message)
             if isinstance(msg, dict) and msg.get("event") == "ping":
                 reply = {"event": "pong", **({"reqid": msg["reqid"]} if "reqid" in msg else {})}
                 await session.send(orjson.dumps(reply).decode())

@@ -48,6 +48,24 @@ def _fsync_quietly(fd: int) -> None:
         log.debug("journal fsync skipped: %s", exc)
 
 
+def last_seq(directory: Path) -> int:
+    """Sequence number of the last whole record in a journal directory (0: none),
+    read without opening the journal for writing (nothing is created or cut)."""
+    segments = sorted((int(path.stem), path) for path in Path(directory).glob(f"*{SUFFIX}") if path.stem.isdigit())
+    for first, path in reversed(segments):
+        data = memoryview(path.read_bytes())
+        offset, last = 0, 0
+        while offset < len(data):
+            try:
+                record, offset = decode_from(data, offset)
+            except CorruptRecord:
+                break  # a torn tail: the records before it count
+            last = record.seq
+        if last:
+            return last
+    return 0
+
+
 class Journal:
     def __init__(
         self,

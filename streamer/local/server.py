@@ -123,6 +123,7 @@ class WsSession:
         self.messages_received = 0
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._reader: asyncio.Task | None = None
+        self._closing = False  # close() stopped the reader itself
 
     @property
     def closed(self) -> bool:
@@ -158,7 +159,8 @@ class WsSession:
         except (ConnectionError, RuntimeError) as exc:  # transport torn down under us
             log.debug("websocket reader on %s ended: %s", self.path, exc)
         finally:
-            self._inbox.put_nowait(None)
+            if not self._closing:  # else close() says so once its close frame is out
+                self._inbox.put_nowait(None)
 
     async def send(self, data: str | bytes) -> None:
         """Write one frame: ``str`` as a text frame, ``bytes`` as a binary frame.
@@ -232,6 +234,18 @@ class WsSession:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task() and not reader.done():
+            # With our reader waiting in receive(), aiohttp's close() cannot read
+            # the client's answer itself: a client message still in flight (a
+            # second subscribe) then resets the connection, and the frames the
+            # client has not read yet are lost. Without the reader, close()
+            # reads (and discards) up to the client's close frame. The backend
+            # hears of the close only once it is sent (it would close with its own code).
+            self._closing = True
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
         try:
             await asyncio.wait_for(self._ws.close(code=code), timeout)
         except TimeoutError:
@@ -239,6 +253,9 @@ class WsSession:
             return
         except (ConnectionError, RuntimeError):
             pass
+        finally:
+            if self._closing:
+                self._inbox.put_nowait(None)
         if not await self._wait_written(deadline):
             self._abort_transport()
 

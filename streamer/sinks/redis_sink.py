@@ -305,8 +305,8 @@ class RedisSink:
         pending.append(trade_fields(trade))
 
     def set_status(self, status: ConnectionStatus) -> None:
-        self._statuses[status.exchange] = status.as_redis_hash()
-        self._dirty_statuses.add(status.exchange)
+        self._statuses[status.feed] = status.as_redis_hash()
+        self._dirty_statuses.add(status.feed)
 
     async def flush(self) -> bool:
         """Write everything pending now; False if Redis could not be reached."""
@@ -490,10 +490,10 @@ class RedisSink:
             stream = keys.trades(exchange, symbol)
             for fields in entries:
                 pipe.xadd(stream, fields, maxlen=self.stream_maxlen, approximate=True)
-        for exchange in dirty_statuses:
-            status = self._statuses.get(exchange)
+        for feed in dirty_statuses:
+            status = self._statuses.get(feed)
             if status is not None:
-                pipe.hset(keys.status(exchange), mapping=status)
+                pipe.hset(keys.status(feed), mapping=status)
         if not len(pipe):
             return 0, False
         await self._round_trip(pipe.execute())

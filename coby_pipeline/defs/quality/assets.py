@@ -38,6 +38,10 @@ def quality_scores(
     snapshot) and exchange-to-local latency p50/p99 in ms (book updates and
     trades carrying an exchange timestamp, one sample per message).
 
+    An exchange split over several connections (shards) counts as connected
+    only while all of its shards are up; its disconnects are those of all
+    its shards.
+
     score = 100 * coverage - 10 * gaps - 10 * checksum_failed - 5 * resyncs
     - 5 * disconnects - (25 if any crossed book) - min(10, max(0, (p99_ms - 1000) / 100)),
     clipped to 0-100.
@@ -48,7 +52,7 @@ def quality_scores(
     root = storage.path
     with database.connect() as conn:
         events = pl.from_arrow(read_hour(conn, database.schema_name, FEED_EVENTS, window))
-        up_at_start = connection_state_before(conn, database.schema_name, window)
+        state_at_start = connection_state_before(conn, database.schema_name, window)
     assert isinstance(events, pl.DataFrame)
     table = compute_quality_scores(
         window=window,
@@ -56,7 +60,7 @@ def quality_scores(
         updates=replay.scan_hour(root, "book_updates", window),
         trades=replay.scan_hour(root, "trades", window),
         feed_events=events,
-        up_at_start=up_at_start,
+        state_at_start=state_at_start,
         snapshot_interval=analytics.snapshot_interval_s,
     )
     target = write_polars_atomic(table, datasets.hour_table(root, datasets.QUALITY_SCORES, window))

@@ -16,7 +16,12 @@ Cases (each run is a fresh streamer process against a fresh exchange process):
 * ``scale.<exchanges>.<N>sym``: simulated markets, pre-rendered once per
   suite run (:mod:`.prerender`) and served looped as fast as the streamer
   reads, 10/100/1,000 symbols, one and three exchanges; with three exchanges
-  also ``...<N>sym.3proc``: one streamer process per exchange;
+  also ``...<N>sym.3proc``: one streamer process per exchange, and with one
+  exchange of 1,000 symbols ``...1000sym.2proc``: its symbols split over two
+  processes (shards);
+* ``e2e.<capture>.2proc``, ``paced.<capture>.rate10000.2proc``: the same
+  frames with the exchange's symbols split over two streamer processes
+  (:mod:`.shards`), as ``coby stream --processes 2`` runs one exchange;
 * ``soak.okx.<S>s`` (``--cases soak``, not in the default set): RSS over a
   10-minute full-speed run;
 * ``floor.parse.<capture>``, ``floor.processor.<capture>``, ``floor.copy``:
@@ -131,7 +136,7 @@ class Harness:
                 def command(feeds: list[dict]) -> list[str]:
                     args = [py, "-m", "streamer.bench.e2e.worker", orjson.dumps(feeds).decode(),
                             "--timeout", str(timeout), "--warmup", str(warmup)]
-                    args += (["--expect-frames", str(ready["expect_frames"])] if expect
+                    args += (["--expect-frames", str(_expected_frames(ready, feeds))] if expect
                              else ["--duration", str(duration)])
                     return [*(wrap or []), *args, *(["--keep"] if len(groups) > 1 else [])]
 
@@ -181,14 +186,25 @@ def last_json(out: str, err: str, returncode: int, what: str) -> dict:
     return orjson.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
 
 
+def _expected_frames(ready: dict, feeds: list[dict]) -> int:
+    """Frames a streamer process given ``feeds`` receives: theirs, when the server says
+    per feed (a capture's, or a shard's), else all it serves."""
+    per_feed = [feed.get("expect_frames") for feed in feeds]
+    return sum(per_feed) if per_feed and None not in per_feed else ready["expect_frames"]
+
+
 def _spread(feeds: list[dict], processes: int) -> list[list[dict]]:
-    """The served feeds in ``processes`` groups (round robin; one exchange is never split)."""
+    """The served feeds in ``processes`` groups, round robin. A feed is never split: an
+    exchange served in shards (``serve --shards``) is several feeds, so its shards can
+    go to different processes."""
     count = max(1, min(processes, len(feeds)))
     return [feeds[i::count] for i in range(count)]
 
 
 def combine_results(results: list[dict]) -> dict:
-    """Several streamer processes of one run as one streamer: rates and CPU add up,
+    """Several streamer processes of one run as one streamer: frames and CPU add up,
+    and rates are over the joined window (first process's start to last one's
+    end: a process that finishes early does not make the deployment faster);
     peak RSS adds up (the memory the deployment needs), latency and loop lag are
     the worst process's."""
     def total(key: str) -> float | None:
@@ -201,14 +217,19 @@ def combine_results(results: list[dict]) -> dict:
 
     frames = total("frames") or 0
     cpu = total("cpu_s") or 0.0
+    windows = [r.get("window_unix") for r in results]
+    wall = (max(w[1] for w in windows) - min(w[0] for w in windows)) if None not in windows else None
+    levels = total("level_updates")
     combined = {
         "processes": len(results),
         "frames": frames,
-        "frames_per_s": total("frames_per_s"),
-        "level_updates_per_s": total("level_updates_per_s"),
+        "frames_total": total("frames_total"),
+        "wall_s": wall,
+        "frames_per_s": frames / wall if wall else None,
+        "level_updates_per_s": levels / wall if wall and levels is not None else None,
         "cpu_s": cpu,
         "cpu_s_per_100k_frames": cpu / frames * 100_000 if frames else None,
-        "cpu_utilisation": total("cpu_utilisation"),
+        "cpu_utilisation": cpu / wall if wall else None,
         "peak_rss_mb": total("peak_rss_mb"),
         "peak_rss_mb_per_process": [r.get("peak_rss_mb") for r in results],
         "timed_out": any(r.get("timed_out") for r in results),
@@ -299,6 +320,13 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
             add(case)
             e2e_rates[name] = case[0]["median"]
             e2e_level_rates[name] = case[1]["median"]
+            if not options.quick:
+                # The same frames with the exchange split over two processes (coby stream --processes 2).
+                results = [harness.run_case(["capture", str(path), "--loops", str(loops), "--shards", str(SHARDS)],
+                                            expect=True, processes=SHARDS) for _ in range(runs)]
+                add(_figures_of(f"e2e.{name}.{SHARDS}proc", results, cmd, loops=loops, frames_per_loop=len(frames),
+                                shards=SHARDS, note=SHARDS_NOTE,
+                                looping="N consecutive connections per shard, each its symbols' part of the session"))
 
             parse = [floors.parse_rate(frames, loops) for _ in range(runs)]
             add([figure(f"floor.parse.{name}.frames_per_s", parse, "frames/s", cmd, loops=loops)])
@@ -353,9 +381,19 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
                     results = [harness.run_case(["capture", str(looped), "--rate", str(rate)],
                                                 expect=False, duration=duration, warmup=1.0)
                                for _ in range(runs)]
-                add(_figures_of(f"paced.{name}.rate{rate}", results, cmd, offered_frames_per_s=rate,
-                                duration_s=duration, loops=loops, frames_per_loop=frames_per_loop,
-                                paced="constant frame rate; the capture looped on one connection"))
+                    add(_figures_of(f"paced.{name}.rate{rate}", results, cmd, offered_frames_per_s=rate,
+                                    duration_s=duration, loops=loops, frames_per_loop=frames_per_loop,
+                                    paced="constant frame rate; the capture looped on one connection"))
+                    if not options.quick:
+                        # The same offered load shared by two processes, one shard each.
+                        results = [harness.run_case(["capture", str(looped), "--rate", str(rate),
+                                                     "--shards", str(SHARDS)],
+                                                    expect=False, duration=duration, warmup=1.0, processes=SHARDS)
+                                   for _ in range(runs)]
+                        add(_figures_of(f"paced.{name}.rate{rate}.{SHARDS}proc", results, cmd,
+                                        offered_frames_per_s=rate, duration_s=duration, loops=loops,
+                                        frames_per_loop=frames_per_loop, shards=SHARDS, note=SHARDS_NOTE,
+                                        paced="constant frame rate in all, each shard its share of it"))
 
         # 1d. Steady state at the same rate: a live connection resyncs only when it reconnects,
         # where a looped capture resyncs every book each loop (every 0.44 s on Kraken's).
@@ -372,11 +410,17 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
                 sources = scale_sources(scale_cases, Path(tmp), quick=options.quick)
                 for exchanges, symbols in scale_cases:
                     add(scale_case(harness, sources, exchanges, symbols, runs=runs, duration=duration, command=cmd))
-                    if "," in exchanges and not options.quick:
-                        # What the streamer does about one saturated process: one process per exchange.
+                    if options.quick:
+                        continue
+                    # What the streamer does about one saturated process: one process per
+                    # exchange, and one exchange with many symbols split over two.
+                    if "," in exchanges:
                         processes = len(exchanges.split(","))
                         add(scale_case(harness, sources, exchanges, symbols, runs=runs, duration=duration,
                                        command=cmd, processes=processes))
+                    elif symbols >= SCALE_SHARDED_FROM:
+                        add(scale_case(harness, sources, exchanges, symbols, runs=runs, duration=duration,
+                                       command=cmd, processes=SHARDS, shards=SHARDS))
 
         # 7. Soak: one long run at full speed; RSS sampled every half second.
         soak_path = folder / f"{SOAK_CAPTURE}.session1.jsonl.gz"
@@ -385,6 +429,13 @@ def run_suite(options: Options, emit: Callable[[dict], None]) -> list[dict]:
     return figures
 
 
+#: Processes of the sharded cases (one exchange's symbols split over them): the machine's two cores.
+SHARDS = 2
+SHARDS_NOTE = ("the exchange's symbols split over two connections, one streamer process each (coby stream "
+               "--processes 2 with one exchange); the capture split by symbol, balanced by frames; rates are all "
+               "frames over the joined window of both processes")
+#: One exchange with at least this many symbols is also measured split over SHARDS processes.
+SCALE_SHARDED_FROM = 1000
 #: Scale cases: (exchanges, symbols per exchange); the quick run has one small case.
 SCALE_CASES = (("okx", 10), ("okx", 100), ("okx", 1000), ("binance,kraken,okx", 10), ("binance,kraken,okx", 100))
 SCALE_QUICK_CASES = (("okx", 10),)
@@ -415,12 +466,14 @@ def scale_sources(cases: tuple[tuple[str, int], ...], directory: Path, *, quick:
 
 
 def scale_case(harness: Harness, sources: dict, exchanges: str, symbols: int, *, runs: int, duration: float,
-               command: str, processes: int = 1) -> list[dict]:
-    """One scale case: the exchanges' recordings served together, looped, for ``duration`` seconds a run."""
+               command: str, processes: int = 1, shards: int = 1) -> list[dict]:
+    """One scale case: the exchanges' recordings served together, looped, for ``duration`` seconds a run
+    (with ``shards``, each exchange's symbols split over that many connections)."""
     from .prerender import DEFAULT_RATE  # here: only the scale cases need the simulator
 
     recorded = [sources[(protocol, symbols)] for protocol in exchanges.split(",")]
-    serve_args = ["capture", *(str(item.path) for item in recorded), "--loops", str(SCALE_LOOPS)]
+    serve_args = ["capture", *(str(item.path) for item in recorded), "--loops", str(SCALE_LOOPS),
+                  *(["--shards", str(shards)] if shards > 1 else [])]
     results = [harness.run_case(serve_args, expect=False, duration=duration, warmup=1.0, processes=processes)
                for _ in range(runs)]
     label = exchanges.replace(",", "+") + f".{symbols}sym" + (f".{processes}proc" if processes > 1 else "")

@@ -202,6 +202,8 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
             # A loop's end is a normal close: reconnect at once. A quiet end is no stall.
             ws=ws_options(settings, stall_timeout=max(120.0, timeout), backoff_base=0.01, backoff_cap=0.05),
             native_symbols=spec.get("native_symbols"),
+            # One shard of an exchange (serve --shards): a feed of its own name, okx@2.
+            shard=spec.get("shard", ""),
         )
         for spec in feeds_spec
     ]
@@ -227,7 +229,7 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
         if warmup:
             await asyncio.sleep(warmup)
         start_frames, start_counts = frames(), _counters(streamer)
-        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        cpu0, wall0, opened_unix = _cpu_seconds(), time.perf_counter(), time.time()
         probe.active = True
         watch.active = True
         rss_samples = [process.memory_info().rss]
@@ -263,6 +265,8 @@ async def run(feeds_spec: list[dict], *, expect_frames: int | None, duration: fl
             "frames": measured,
             "frames_total": end_frames,
             "wall_s": wall,
+            # On the shared clock, so that several processes' windows can be joined.
+            "window_unix": [opened_unix, opened_unix + wall],
             "cpu_s": cpu,
             "frames_per_s": measured / wall if wall > 0 else None,
             "level_updates": levels,
@@ -304,7 +308,7 @@ def _check(streamer: Streamer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamer.bench.e2e.worker")
-    parser.add_argument("feeds", help="JSON list of {exchange, ws_url, rest_url, symbols|native_symbols}")
+    parser.add_argument("feeds", help="JSON list of {exchange, [shard,] ws_url, rest_url, symbols|native_symbols}")
     parser.add_argument("--expect-frames", type=int)
     parser.add_argument("--duration", type=float)
     parser.add_argument("--warmup", type=float, default=0.0)

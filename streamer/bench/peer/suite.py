@@ -19,6 +19,11 @@ For each of the binance-spot, kraken-spot and okx captures (looped, see
   received and PostgreSQL and Redis were flushed (start-up excluded, COPY
   included). Each COBY run gets a fresh data directory (its journal) and a
   fresh schema;
+* ``coby_2proc``: the same frames with the exchange's symbols split over two
+  connections, one streamer process each (what ``coby stream --processes 2``
+  does with one exchange on this two-core machine; the capture is split by
+  symbol, balanced by frames, :mod:`streamer.bench.e2e.shards`). Its rate is
+  all frames over the joined window of both processes;
 * ``coby_processor``: COBY's :class:`~streamer.processor.FeedProcessor` alone
   on the same frames in the suite's process (parse, book sync with checksums,
   rows; no transport, nothing stored), against ``cryptofeed_handler``.
@@ -52,6 +57,7 @@ import redis
 from psycopg import sql
 
 from ...capture.reader import load_capture
+from ...capture.replay import session_symbols
 from ...config import Settings, load_settings
 from ...errors import ConfigError
 from ...embedded import ensure_database, export_env
@@ -69,6 +75,8 @@ CAPTURES = {"binance-spot": "binance", "kraken-spot": "kraken", "okx": "okx"}
 BENCH_DB = "coby_bench_peer"
 COBY_SCHEMA = "bench_peer"
 COBY_PREFIX = "cobybench:peer:"
+#: Connections (one streamer process each) of COBY's sharded deployment: the machine's two cores.
+SHARDS = 2
 #: Frames per looped run (the capture is repeated until at least this many).
 TARGET_FRAMES = 40_000
 QUICK_FRAMES = 4_000
@@ -184,11 +192,16 @@ class PeerHarness:
         out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
         return last_json(out.stdout, out.stderr, out.returncode, f"cryptofeed run ({protocol}, {mode})")
 
-    def coby(self, looped_file: Path) -> dict:
-        """One COBY run on ``looped_file`` (exchange and streamer processes of their own): the worker's result."""
+    def coby(self, looped_file: Path, shards: int = 1) -> dict:
+        """One COBY run on ``looped_file`` (exchange and streamer processes of their own): the worker's result.
+
+        With ``shards > 1`` the exchange's symbols are split over that many
+        connections, one streamer process each (``coby stream --processes``
+        on one exchange), and the result is the deployment's (:func:`combine_results`).
+        """
         self.reset_coby_state()
-        result = Harness(self.env).run_case(["capture", str(looped_file), "--loops", "1"], expect=True,
-                                            timeout=600)
+        serve = ["capture", str(looped_file), "--loops", "1", *(["--shards", str(shards)] if shards > 1 else [])]
+        result = Harness(self.env).run_case(serve, expect=True, timeout=600, processes=shards)
         if result.get("timed_out"):
             raise RuntimeError(f"COBY did not receive every frame of {looped_file.name} in time")
         return result
@@ -209,6 +222,8 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
 
     noop, backends, handler, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], [], []
     coby, coby_cpu, coby_rss, processor = [], [], [], []
+    sharded, sharded_cpu, sharded_rss = [], [], []
+    shards = min(SHARDS, len(session_symbols(capture, protocol).as_dict()["book"]))
     checks: dict[str, Any] = {}
     for run in range(runs):
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
@@ -216,6 +231,7 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         cf_back = harness.cryptofeed(path, protocol, loops, "backends", looped_file=looped_file)
         cf_handler = harness.cryptofeed(path, protocol, loops, "noop")
         full = harness.coby(looped_file)
+        split = harness.coby(looped_file, shards=shards) if shards > 1 else None
         # COBY's processor alone on the same frames, in this process: like cryptofeed's
         # handler alone, no transport and nothing stored (but it builds the rows).
         processor.append(processor_rate(path, loops)[0])
@@ -223,6 +239,13 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         coby.append(full["frames_per_s"])
         coby_cpu.append(full["cpu_s_per_100k_frames"])
         coby_rss.append(full["peak_rss_mb"])
+        if split is not None:
+            sharded.append(split["frames_per_s"])
+            sharded_cpu.append(split["cpu_s_per_100k_frames"])
+            sharded_rss.append(split["peak_rss_mb"])
+            if split["counters"].get("checksum_failed") or split["counters"].get("sequence_gaps"):
+                raise RuntimeError(f"COBY in {shards} shards reported checksum failures or gaps on {name}: "
+                                   f"{split['counters']}")
         noop.append(cf_noop["frames"] / cf_noop["seconds"])
         backends.append(cf_back["frames"] / cf_back["seconds"])
         handler.append(cf_handler["frames"] / cf_handler["seconds"])
@@ -246,6 +269,8 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
             "coby_sequence_gaps": counters.get("sequence_gaps"),
             "coby_resyncs": counters.get("resyncs"),
             "coby_rejected": counters.get("rejected"),
+            "coby_sharded_frames": split["frames_total"] if split else None,
+            "coby_sharded_checksum_ok": split["counters"].get("checksum_ok") if split else None,
         }
     common = dict(capture=name, exchange=protocol, frames=frames, loops=loops, **checks)
     prefix = f"peer.{name}"
@@ -260,6 +285,17 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": window}),
         (f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x", {}),
         (f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)], "x", {}),
+        (f"{prefix}.coby_{shards}proc.frames_per_s", sharded, "frames/s",
+         {"method": f"{window}; the exchange's symbols split over {shards} connections, one streamer process "
+                    "each (coby stream --processes), frames over the joined window of the processes",
+          "shards": shards}),
+        (f"{prefix}.ratio.coby_{shards}proc_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(sharded, noop)],
+         "x", {}),
+        (f"{prefix}.ratio.coby_{shards}proc_over_cryptofeed_pg_redis",
+         [_ratio(c, b) for c, b in zip(sharded, backends)], "x", {}),
+        (f"{prefix}.coby_{shards}proc.cpu_s_per_100k_frames", sharded_cpu, "s",
+         {"note": "both streamer processes together"}),
+        (f"{prefix}.coby_{shards}proc.peak_rss_mb", sharded_rss, "MB", {"note": "both streamer processes together"}),
         (f"{prefix}.coby_processor.frames_per_s", processor, "frames/s",
          {"method": "FeedProcessor alone over the capture's journal records, loops times (parse, book sync with "
                     "checksums, rows); no transport, nothing stored: the conditions of cryptofeed_handler"}),
