@@ -156,6 +156,20 @@ BOOK_SNAPSHOTS = Table(
 
 #: ``detail`` of the ``disconnected`` feed event of a deliberate stop (not a failure).
 STOPPED = "stopped"
+#: Starts the ``symbol`` of a shard's connection events (``@2``); no symbol starts with it.
+CONNECTION_LABEL_PREFIX = "@"
+
+
+def feed_name(exchange: str, shard: str = "") -> str:
+    """A feed's name: ``okx`` for an exchange on one connection, ``okx@2`` for
+    its second shard. Checkpoint streams and Redis status keys go by it."""
+    return f"{exchange}@{shard}" if shard else exchange
+
+
+def connection_label(shard: str = "") -> str:
+    """``symbol`` of a feed's connection events: "" for a whole exchange, ``@2`` for shard 2."""
+    return CONNECTION_LABEL_PREFIX + shard if shard else ""
+
 
 FEED_EVENTS = Table(
     "feed_events",

@@ -31,7 +31,7 @@ from .connection.backoff import Backoff
 from .connection.clock import now_us
 from .connection.rest import RestClient, RestError
 from .connection.ws import FrameRecorder, WsClient, WsOptions
-from .contract import STOPPED
+from .contract import STOPPED, feed_name
 from .durability import FeedDurability
 from .errors import CobyError
 from .exchanges.base import Endpoints, ExchangeMapper
@@ -39,7 +39,6 @@ from .journal.records import Kind, Record, tick_parts
 from .models import ConnectionState, ConnectionStatus, FeedEventKind
 from .outputs import Outputs
 from .processor import FeedProcessor
-from .shards import feed_name
 from .stats import FeedStats
 
 log = logging.getLogger(__name__)

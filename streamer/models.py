@@ -22,6 +22,8 @@ from decimal import Decimal
 from enum import Enum
 from typing import Literal, Union
 
+from .contract import feed_name
+
 Side = Literal["bid", "ask"]
 TakerSide = Literal["buy", "sell"]
 #: (price, size) exactly as the exchange wrote them.
@@ -262,7 +264,7 @@ class ConnectionStatus:
     @property
     def feed(self) -> str:
         """Whose status this is: ``okx``, or ``okx@2`` for a shard (its Redis key goes by it)."""
-        return f"{self.exchange}@{self.shard}" if self.shard else self.exchange
+        return feed_name(self.exchange, self.shard)
 
     def as_redis_hash(self) -> dict[str, str]:
         return {

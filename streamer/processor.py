@@ -20,7 +20,9 @@ from typing import Iterable
 import orjson
 
 from .book.sync import BookSync
-from .contract import BOOK_SNAPSHOTS, BOOK_UPDATES, FEED_EVENTS, INSTRUMENTS, QUARANTINE, TRADES, Table
+from .contract import (
+    BOOK_SNAPSHOTS, BOOK_UPDATES, FEED_EVENTS, INSTRUMENTS, QUARANTINE, TRADES, Table, connection_label,
+)
 from .errors import CobyError
 from .exchanges.base import ExchangeMapper, raw_text
 from .journal.records import Kind, Record, tick_part
@@ -107,7 +109,7 @@ class FeedProcessor:
         if shard:
             # Connection events go in the ``symbol`` column, where nothing starting
             # with "@" can be a symbol: the quality scores track each connection.
-            self.connection_label = f"@{shard}"
+            self.connection_label = connection_label(shard)
         self.mapper = mapper
         self.native_symbols = list(dict.fromkeys(native_symbols))
         self.snapshot_depth = snapshot_depth

@@ -33,17 +33,12 @@ import psycopg
 from psycopg import sql
 
 from .config import Settings
-from .contract import INGEST_CHECKPOINTS
+from .contract import INGEST_CHECKPOINTS, feed_name
 from .errors import ConfigError
 from .journal.log import last_seq
 
 #: A shard label: a small positive number ("1" .. "9999").
 _SHARD = re.compile(r"[1-9][0-9]{0,3}")
-
-
-def feed_name(exchange: str, shard: str = "") -> str:
-    """``okx`` for an exchange on one connection, ``okx@2`` for its second shard."""
-    return f"{exchange}@{shard}" if shard else exchange
 
 
 def parse_feed_name(name: str) -> tuple[str, str]:

@@ -48,6 +48,8 @@ from typing import Iterable
 
 import polars as pl
 
+from streamer.contract import CONNECTION_LABEL_PREFIX
+
 from .hours import HourWindow
 
 CONNECTION_UP = "connected"
@@ -55,7 +57,7 @@ CONNECTION_DOWN = ("disconnected", "stall")
 COUNTED_EVENTS = {"gap": "gaps", "resync": "resyncs", "checksum_failed": "checksum_failed"}
 #: Connection events name their connection in ``symbol``: '' for an exchange on
 #: one connection, '@1', '@2', ... for its shards. No real symbol looks like that.
-IS_CONNECTION_LABEL = (pl.col("symbol") == "") | pl.col("symbol").str.starts_with("@")
+IS_CONNECTION_LABEL = (pl.col("symbol") == "") | pl.col("symbol").str.starts_with(CONNECTION_LABEL_PREFIX)
 
 #: (start, end) of a stretch of time.
 Interval = tuple[datetime, datetime]
