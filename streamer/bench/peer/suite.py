@@ -19,11 +19,12 @@ For each of the binance-spot, kraken-spot and okx captures (looped, see
   received and PostgreSQL and Redis were flushed (start-up excluded, COPY
   included). Each COBY run gets a fresh data directory (its journal) and a
   fresh schema;
-* ``coby_2proc``: the same frames with the exchange's symbols split over two
-  connections, one streamer process each (what ``coby stream --processes 2``
-  does with one exchange on this two-core machine; the capture is split by
-  symbol, balanced by frames, :mod:`streamer.bench.e2e.shards`). Its rate is
-  all frames over the joined window of both processes;
+* ``coby_2proc``, ``coby_3proc``: the same frames with the exchange's symbols
+  split over two (three) connections, one streamer process each (what ``coby
+  stream --processes 2`` or ``3`` does with one exchange on this two-core
+  machine; the capture is split by symbol, balanced by frames,
+  :mod:`streamer.bench.e2e.shards`). The rate is all frames over the joined
+  window of the processes;
 * ``coby_processor``: COBY's :class:`~streamer.processor.FeedProcessor` alone
   on the same frames in the suite's process (parse, book sync with checksums,
   rows; no transport, nothing stored), against ``cryptofeed_handler``.
@@ -75,8 +76,9 @@ CAPTURES = {"binance-spot": "binance", "kraken-spot": "kraken", "okx": "okx"}
 BENCH_DB = "coby_bench_peer"
 COBY_SCHEMA = "bench_peer"
 COBY_PREFIX = "cobybench:peer:"
-#: Connections (one streamer process each) of COBY's sharded deployment: the machine's two cores.
-SHARDS = 2
+#: Connections (one streamer process each) of COBY's sharded deployments: as many as the
+#: machine's two cores, and one more (a process waiting on its sinks leaves its core to another).
+SHARDS = (2, 3)
 #: Frames per looped run (the capture is repeated until at least this many).
 TARGET_FRAMES = 40_000
 QUICK_FRAMES = 4_000
@@ -211,6 +213,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _sharded_specs(prefix: str, shards: int, runs: dict[str, list], noop: list, backends: list,
+                   window: str) -> list[tuple]:
+    """The figures of COBY with the exchange split over ``shards`` processes, and its ratios."""
+    name = f"{prefix}.coby_{shards}proc"
+    ratio = f"{prefix}.ratio.coby_{shards}proc"
+    together = {"note": f"all {shards} streamer processes together"}
+    return [
+        (f"{name}.frames_per_s", runs["rate"], "frames/s",
+         {"method": f"{window}; the exchange's symbols split over {shards} connections, one streamer process "
+                    "each (coby stream --processes), frames over the joined window of the processes",
+          "shards": shards}),
+        (f"{ratio}_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(runs["rate"], noop)], "x", {}),
+        (f"{ratio}_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(runs["rate"], backends)], "x", {}),
+        (f"{name}.cpu_s_per_100k_frames", runs["cpu"], "s", together),
+        (f"{name}.peak_rss_mb", runs["rss"], "MB", together),
+    ]
+
+
 def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, *, runs: int, target: int,
                     workdir: Path, command: str) -> list[dict]:
     """All figures for one capture: cryptofeed no-op, cryptofeed PG+Redis, COBY, and the ratios."""
@@ -222,8 +242,11 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
 
     noop, backends, handler, noop_cpu, backends_cpu, noop_rss, backends_rss = [], [], [], [], [], [], []
     coby, coby_cpu, coby_rss, processor = [], [], [], []
-    sharded, sharded_cpu, sharded_rss = [], [], []
-    shards = min(SHARDS, len(session_symbols(capture, protocol).as_dict()["book"]))
+    symbols = len(session_symbols(capture, protocol).as_dict()["book"])
+    deployments = [shards for shards in SHARDS if shards <= symbols]
+    sharded: dict[int, dict[str, list]] = {n: {"rate": [], "cpu": [], "rss": []} for n in deployments}
+    split_frames: dict[int, int] = {}
+    split_checksums: dict[int, int] = {}
     checks: dict[str, Any] = {}
     for run in range(runs):
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
@@ -231,7 +254,16 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         cf_back = harness.cryptofeed(path, protocol, loops, "backends", looped_file=looped_file)
         cf_handler = harness.cryptofeed(path, protocol, loops, "noop")
         full = harness.coby(looped_file)
-        split = harness.coby(looped_file, shards=shards) if shards > 1 else None
+        for shards in deployments:
+            split = harness.coby(looped_file, shards=shards)
+            if split["counters"].get("checksum_failed") or split["counters"].get("sequence_gaps"):
+                raise RuntimeError(f"COBY in {shards} shards reported checksum failures or gaps on {name}: "
+                                   f"{split['counters']}")
+            sharded[shards]["rate"].append(split["frames_per_s"])
+            sharded[shards]["cpu"].append(split["cpu_s_per_100k_frames"])
+            sharded[shards]["rss"].append(split["peak_rss_mb"])
+            split_frames[shards] = split["frames_total"]
+            split_checksums[shards] = split["counters"].get("checksum_ok")
         # COBY's processor alone on the same frames, in this process: like cryptofeed's
         # handler alone, no transport and nothing stored (but it builds the rows).
         processor.append(processor_rate(path, loops)[0])
@@ -239,13 +271,6 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         coby.append(full["frames_per_s"])
         coby_cpu.append(full["cpu_s_per_100k_frames"])
         coby_rss.append(full["peak_rss_mb"])
-        if split is not None:
-            sharded.append(split["frames_per_s"])
-            sharded_cpu.append(split["cpu_s_per_100k_frames"])
-            sharded_rss.append(split["peak_rss_mb"])
-            if split["counters"].get("checksum_failed") or split["counters"].get("sequence_gaps"):
-                raise RuntimeError(f"COBY in {shards} shards reported checksum failures or gaps on {name}: "
-                                   f"{split['counters']}")
         noop.append(cf_noop["frames"] / cf_noop["seconds"])
         backends.append(cf_back["frames"] / cf_back["seconds"])
         handler.append(cf_handler["frames"] / cf_handler["seconds"])
@@ -269,8 +294,9 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
             "coby_sequence_gaps": counters.get("sequence_gaps"),
             "coby_resyncs": counters.get("resyncs"),
             "coby_rejected": counters.get("rejected"),
-            "coby_sharded_frames": split["frames_total"] if split else None,
-            "coby_sharded_checksum_ok": split["counters"].get("checksum_ok") if split else None,
+            # Frames each sharded deployment received (checksums and gaps are checked per run above).
+            "coby_sharded_frames": {str(n): frames for n, frames in split_frames.items()},
+            "coby_sharded_checksum_ok": {str(n): ok for n, ok in split_checksums.items()},
         }
     common = dict(capture=name, exchange=protocol, frames=frames, loops=loops, **checks)
     prefix = f"peer.{name}"
@@ -285,17 +311,8 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         (f"{prefix}.coby.frames_per_s", coby, "frames/s", {"method": window}),
         (f"{prefix}.ratio.coby_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(coby, noop)], "x", {}),
         (f"{prefix}.ratio.coby_over_cryptofeed_pg_redis", [_ratio(c, b) for c, b in zip(coby, backends)], "x", {}),
-        (f"{prefix}.coby_{shards}proc.frames_per_s", sharded, "frames/s",
-         {"method": f"{window}; the exchange's symbols split over {shards} connections, one streamer process "
-                    "each (coby stream --processes), frames over the joined window of the processes",
-          "shards": shards}),
-        (f"{prefix}.ratio.coby_{shards}proc_over_cryptofeed_noop", [_ratio(c, n) for c, n in zip(sharded, noop)],
-         "x", {}),
-        (f"{prefix}.ratio.coby_{shards}proc_over_cryptofeed_pg_redis",
-         [_ratio(c, b) for c, b in zip(sharded, backends)], "x", {}),
-        (f"{prefix}.coby_{shards}proc.cpu_s_per_100k_frames", sharded_cpu, "s",
-         {"note": "both streamer processes together"}),
-        (f"{prefix}.coby_{shards}proc.peak_rss_mb", sharded_rss, "MB", {"note": "both streamer processes together"}),
+        *(spec for shards in deployments for spec in _sharded_specs(prefix, shards, sharded[shards], noop, backends,
+                                                                    window)),
         (f"{prefix}.coby_processor.frames_per_s", processor, "frames/s",
          {"method": "FeedProcessor alone over the capture's journal records, loops times (parse, book sync with "
                     "checksums, rows); no transport, nothing stored: the conditions of cryptofeed_handler"}),
