@@ -189,3 +189,22 @@ def test_processes_outnumbering_exchanges_run_one_shard_each(settings, tmp_path)
                for p in result["processes"])
     stored = stored_rows(settings.db.url(), settings.db.schema, "okx")
     assert {key[1] for key in stored["trades"]} == {"BTC-USDT", "ETH-USDT"}
+
+
+@pytest.mark.timeout(120)
+async def test_after_a_clean_stop_the_layout_may_change(settings):
+    """A stop stores everything its journal holds: splitting the exchange next is allowed."""
+    async with run_simulated_exchanges(["okx"], {"okx": OKX}, rate=80) as urls:
+        configs = feed_configs({"okx": OKX}, settings)
+        configs[0].endpoints = urls["okx"]
+        streamer = Streamer(settings, configs)
+        await streamer.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while streamer.feeds[0].stats.trades < 3:
+                assert asyncio.get_running_loop().time() < deadline, "no trades"
+                await asyncio.sleep(0.1)
+        finally:
+            await streamer.stop()
+    assert last_seq(journal_dir(settings, "okx")) > 0
+    check_layout(settings, ["okx@1", "okx@2"])
