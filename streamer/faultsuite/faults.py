@@ -84,7 +84,8 @@ class DisconnectStorm(SwitchablePlan):
 class GapsAndChecksums(SwitchablePlan):
     """Breaks :data:`FAULT_SYMBOL`'s book: drops every ``drop_every``-th update
     (a sequence gap on Binance and OKX) and, on OKX, alters a size in every
-    ``alter_every``-th update while keeping its sequence ids (a checksum failure)."""
+    ``alter_every``-th update while keeping its sequence ids (a checksum failure,
+    see :func:`_alter_okx_size`)."""
 
     def __init__(self, protocol: str, *, drop_every: int = 20, alter_every: int = 13) -> None:
         super().__init__()
@@ -111,8 +112,13 @@ class GapsAndChecksums(SwitchablePlan):
 
 
 def _alter_okx_size(frame: str) -> str | None:
-    """The frame with its best changed level's size altered (a valid decimal,
-    so only the checksum can tell); None when it changes no level."""
+    """The frame with its first changed level's size altered (a valid decimal,
+    so only the checksum can tell); None when it changes no level.
+
+    That level may lie deeper than the 25 a side OKX's checksum covers, where
+    no checksum would tell; the frame's stated checksum is changed too, so the
+    frame always fails the check, as a corrupted frame does (a scenario with
+    a handful of altered frames must see checksum failures every time)."""
     message = orjson.loads(frame)
     item = message["data"][0]
     for side in ("asks", "bids"):
@@ -121,6 +127,8 @@ def _alter_okx_size(frame: str) -> str | None:
             level[1] = "7.77" if level[1] != "7.77" else "8.88"
             if level[3] == "0":
                 level[3] = "1"
+            if isinstance(item.get("checksum"), int):
+                item["checksum"] ^= 1
             return orjson.dumps(message).decode()
     return None
 
