@@ -30,12 +30,12 @@ import re
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from .config import Settings
-from .contract import INGEST_CHECKPOINTS, feed_name
+from .contract import feed_name
 from .errors import ConfigError
 from .journal.log import last_seq
+from .sinks.postgres import read_checkpoints_sql
 
 #: A shard label: a small positive number ("1" .. "9999").
 _SHARD = re.compile(r"[1-9][0-9]{0,3}")
@@ -131,10 +131,8 @@ def _journal_root(settings: Settings) -> Path:
 
 
 def _checkpoints(settings: Settings) -> dict[str, int]:
-    statement = sql.SQL("SELECT stream, seq FROM {}.{}").format(
-        sql.Identifier(settings.db.schema), sql.Identifier(INGEST_CHECKPOINTS.name))
     with psycopg.connect(settings.db.url(), autocommit=True) as conn:
         try:
-            return {stream: seq for stream, seq in conn.execute(statement).fetchall()}
+            return {stream: seq for stream, seq in conn.execute(read_checkpoints_sql(settings.db.schema)).fetchall()}
         except psycopg.errors.UndefinedTable:
             return {}  # no streamer has stored anything in this schema yet

@@ -48,20 +48,37 @@ def _fsync_quietly(fd: int) -> None:
         log.debug("journal fsync skipped: %s", exc)
 
 
+def _segments(directory: Path) -> list[tuple[int, Path]]:
+    """``(first seq, path)`` of every segment in ``directory``, oldest first."""
+    found = []
+    for path in Path(directory).glob(f"*{SUFFIX}"):
+        try:
+            found.append((int(path.stem), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def _whole_records(data: bytes) -> tuple[int | None, int, CorruptRecord | None]:
+    """Of a segment's bytes: the last whole record's seq (None: no record), the
+    bytes the whole records take, and the error where a torn tail begins."""
+    view = memoryview(data)
+    offset, last = 0, None
+    while offset < len(data):
+        try:
+            record, end = decode_from(view, offset)
+        except CorruptRecord as exc:
+            return last, offset, exc
+        last, offset = record.seq, end
+    return last, offset, None
+
+
 def last_seq(directory: Path) -> int:
     """Sequence number of the last whole record in a journal directory (0: none),
     read without opening the journal for writing (nothing is created or cut)."""
-    segments = sorted((int(path.stem), path) for path in Path(directory).glob(f"*{SUFFIX}") if path.stem.isdigit())
-    for first, path in reversed(segments):
-        data = memoryview(path.read_bytes())
-        offset, last = 0, 0
-        while offset < len(data):
-            try:
-                record, offset = decode_from(data, offset)
-            except CorruptRecord:
-                break  # a torn tail: the records before it count
-            last = record.seq
-        if last:
+    for _first, path in reversed(_segments(directory)):
+        last, _size, _torn = _whole_records(path.read_bytes())
+        if last is not None:
             return last
     return 0
 
@@ -100,13 +117,7 @@ class Journal:
     # -- segments --------------------------------------------------------------
     def segments(self) -> list[tuple[int, Path]]:
         """``(first seq, path)`` of every segment, oldest first."""
-        found = []
-        for path in self.directory.glob(f"*{SUFFIX}"):
-            try:
-                found.append((int(path.stem), path))
-            except ValueError:
-                continue
-        return sorted(found)
+        return _segments(self.directory)
 
     @property
     def size_bytes(self) -> int:
@@ -119,19 +130,13 @@ class Journal:
             return
         first, path = segments[-1]
         data = path.read_bytes()
-        view = memoryview(data)
-        offset, last_seq = 0, first - 1
-        while offset < len(data):
-            try:
-                record, end = decode_from(view, offset)
-            except CorruptRecord as exc:
-                self.truncated_bytes = len(data) - offset
-                log.warning("journal %s: cutting a torn tail of %d bytes (%s)", path, self.truncated_bytes, exc)
-                with open(path, "r+b") as fh:
-                    fh.truncate(offset)
-                break
-            last_seq, offset = record.seq, end
-        self.next_seq = last_seq + 1
+        last, offset, torn = _whole_records(data)
+        if torn is not None:
+            self.truncated_bytes = len(data) - offset
+            log.warning("journal %s: cutting a torn tail of %d bytes (%s)", path, self.truncated_bytes, torn)
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)
+        self.next_seq = (first - 1 if last is None else last) + 1
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._segment_size = offset
 

@@ -163,6 +163,13 @@ class RecoveryInterrupted(SinkError):
     """A spill dropped rows a recovery had buffered: the recovery starts over."""
 
 
+def read_checkpoints_sql(schema: str) -> sql.Composed:
+    """``(stream, seq)`` of every journal checkpoint stored in ``schema``."""
+    return sql.SQL("SELECT stream, seq FROM {}.{}").format(
+        sql.Identifier(schema), sql.Identifier(INGEST_CHECKPOINTS.name)
+    )
+
+
 class PostgresSink:
     """Asynchronous, buffered writer of contract rows to PostgreSQL.
 
@@ -516,12 +523,9 @@ class PostgresSink:
         await cur.executemany(statement, list(marks.items()))
 
     async def _read_checkpoints(self, conn: psycopg.AsyncConnection) -> dict[str, int]:
-        statement = sql.SQL("SELECT stream, seq FROM {}.{}").format(
-            sql.Identifier(self.schema), sql.Identifier(INGEST_CHECKPOINTS.name)
-        )
         try:
             async with conn.cursor() as cur:
-                await cur.execute(statement)
+                await cur.execute(read_checkpoints_sql(self.schema))
                 return {stream: seq for stream, seq in await cur.fetchall()}
         except psycopg.errors.UndefinedTable:
             return {}
