@@ -252,7 +252,9 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         log.info("peer %s: run %d/%d (%d frames)", name, run + 1, runs, frames)
         cf_noop = harness.cryptofeed(path, protocol, loops, "noop", looped_file=looped_file)
         cf_back = harness.cryptofeed(path, protocol, loops, "backends", looped_file=looped_file)
-        cf_handler = harness.cryptofeed(path, protocol, loops, "noop")
+        # Both handlers alone read the looped file itself (one connection), so every
+        # column of the table is the same frames.
+        cf_handler = harness.cryptofeed(looped_file, protocol, 1, "noop")
         full = harness.coby(looped_file)
         for shards in deployments:
             split = harness.coby(looped_file, shards=shards)
@@ -266,7 +268,7 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
             split_checksums[shards] = split["counters"].get("checksum_ok")
         # COBY's processor alone on the same frames, in this process: like cryptofeed's
         # handler alone, no transport and nothing stored (but it builds the rows).
-        processor.append(processor_rate(path, loops)[0])
+        processor.append(processor_rate(looped_file, 1)[0])
         counters = full["counters"]
         coby.append(full["frames_per_s"])
         coby_cpu.append(full["cpu_s_per_100k_frames"])
@@ -314,7 +316,7 @@ def measure_capture(harness: PeerHarness, name: str, path: Path, protocol: str, 
         *(spec for shards in deployments for spec in _sharded_specs(prefix, shards, sharded[shards], noop, backends,
                                                                     window)),
         (f"{prefix}.coby_processor.frames_per_s", processor, "frames/s",
-         {"method": "FeedProcessor alone over the capture's journal records, loops times (parse, book sync with "
+         {"method": "FeedProcessor alone over the looped frames as journal records (parse, book sync with "
                     "checksums, rows); no transport, nothing stored: the conditions of cryptofeed_handler"}),
         (f"{prefix}.ratio.coby_processor_over_cryptofeed_handler",
          [_ratio(c, n) for c, n in zip(processor, handler)], "x", {}),
