@@ -19,24 +19,30 @@ CHECKSUM_LEVELS = 10
 # The checksum runs after every frame over the same twenty levels, which
 # change slowly: each level's checksum form is kept once computed. Bounded:
 # cleared when it grows past this many levels.
-_FRAGMENTS: dict[RawLevel, str] = {}
 _FRAGMENTS_MAX = 200_000
 
 
-def _fragment(level: RawLevel) -> str:
-    """A level's price then size, each without its decimal point and leading zeros (cached)."""
-    if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
-        _FRAGMENTS.clear()
-    price, size = level
-    value = _FRAGMENTS[level] = price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
-    return value
+class _Fragments(dict):
+    """Level -> its checksum form; a lookup of a level not seen yet computes it.
+
+    A dict subclass with ``__missing__``, so that the lookups (twenty per
+    frame) run in C through ``map`` and only a new level takes the Python path.
+    """
+
+    def __missing__(self, level: RawLevel) -> str:
+        if len(self) >= _FRAGMENTS_MAX:
+            self.clear()
+        price, size = level
+        value = self[level] = price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
+        return value
+
+
+_FRAGMENTS = _Fragments()
+_fragment = _FRAGMENTS.__getitem__
 
 
 def kraken_checksum(asks_top10: Sequence[RawLevel], bids_top10: Sequence[RawLevel]) -> int:
     """Checksum of a book given its best asks (ascending) and best bids (descending)."""
-    known = _FRAGMENTS.get
-    # "or" falls through for an uncached level, and for a cached empty fragment
-    # (price and size all zeros), which _fragment recomputes as empty again.
-    parts = [known(level) or _fragment(level) for level in asks_top10[:CHECKSUM_LEVELS]]
-    parts += [known(level) or _fragment(level) for level in bids_top10[:CHECKSUM_LEVELS]]
+    parts = list(map(_fragment, asks_top10[:CHECKSUM_LEVELS]))
+    parts += map(_fragment, bids_top10[:CHECKSUM_LEVELS])
     return crc32("".join(parts).encode("ascii"))
