@@ -9,7 +9,9 @@ import pytest
 
 from streamer.book.sync import BookSync
 from streamer.errors import ConfigError
-from streamer.exchanges.kraken.checksum import kraken_checksum
+from streamer.book.orderbook import OrderBook
+from streamer.errors import InvalidValueError
+from streamer.exchanges.kraken.checksum import book_checksum, kraken_checksum
 from streamer.exchanges.kraken.mapper import KrakenSpotMapper
 from streamer.exchanges.registry import get_mapper
 from streamer.models import BookMessage, ControlEvent, FeedEventKind, Quarantine, TradeEvent
@@ -32,6 +34,45 @@ def test_checksum_follows_the_documented_algorithm():
     # Only the top 10 of each side count.
     many = [(f"{i}.0", "1.0") for i in range(1, 15)]
     assert kraken_checksum(many, []) == kraken_checksum(many[:10], [])
+
+
+def test_book_checksum_reuses_only_untouched_sides():
+    """The live book's checksum (which keeps each side's part between frames)
+    equals the checksum recomputed from scratch after every kind of change."""
+    import random
+
+    rng = random.Random(7)
+    book = OrderBook()
+
+    def expect_fresh() -> None:
+        assert book_checksum(book) == kraken_checksum(book.top("ask", 10), book.top("bid", 10))
+
+    book.apply_levels("bid", [(f"{100 - i * 0.5:.1f}", "1.00") for i in range(30)])
+    book.apply_levels("ask", [(f"{101 + i * 0.5:.1f}", "2.00") for i in range(30)])
+    expect_fresh()
+    for step in range(600):
+        side = rng.choice(["bid", "ask"])
+        base = 100.0 if side == "bid" else 101.0
+        price = f"{base + (rng.randrange(-12, 12) if side == 'ask' else -rng.randrange(-3, 20)) * 0.5:.1f}"
+        action = rng.random()
+        if action < 0.7:
+            book.apply_levels(side, [(price, rng.choice(["0", "0.5", "3.25", "10"]))])
+        elif action < 0.8:
+            book.apply(side, price, "7.5")
+        elif action < 0.85:
+            book.apply_levels(side, [])  # a frame without this side
+        elif action < 0.9:
+            book.truncate(rng.randrange(5, 40))
+        elif action < 0.93:
+            with pytest.raises(InvalidValueError):  # half applied: the side counts as changed
+                book.apply_levels(side, [(price, "4"), ("nan", "1")])
+        elif action < 0.95:
+            book.clear()
+            book.apply_levels("bid", [("99.0", "1")])
+        expect_fresh()
+    restored = OrderBook.__new__(OrderBook)
+    restored.__setstate__(book.__getstate__())  # a book from a journal STATE record
+    assert book_checksum(restored) == book_checksum(book)
 
 
 def test_snapshot_and_update_frames():

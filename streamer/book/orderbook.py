@@ -175,14 +175,30 @@ def _apply_columns(target: dict, levels: list, bid: bool) -> None:
 
 
 class OrderBook:
-    """One symbol's L2 book. Not thread-safe; one owner (its BookSync)."""
+    """One symbol's L2 book. Not thread-safe; one owner (its BookSync).
 
-    __slots__ = ("_bids", "_asks")
+    ``bid_version`` and ``ask_version`` change whenever their side may have
+    changed, and ``checksum_memo`` is free for the exchange's checksum rules:
+    together they let a checksum reuse the part of a side that no frame
+    touched since it was last computed (a Kraken frame touches one side).
+    """
+
+    __slots__ = ("_bids", "_asks", "bid_version", "ask_version", "checksum_memo")
 
     def __init__(self) -> None:
         # Bids keyed by -price so that both sides iterate best first.
         self._bids: SortedDict = SortedDict()
         self._asks: SortedDict = SortedDict()
+        self.bid_version = 0
+        self.ask_version = 0
+        #: What the checksum rules kept of their last computation (see the class docstring).
+        self.checksum_memo: object = None
+
+    def _touch(self, side: Side) -> None:
+        if side == "bid":
+            self.bid_version += 1
+        else:
+            self.ask_version += 1
 
     def _side(self, side: Side) -> SortedDict:
         if side == "bid":
@@ -199,6 +215,7 @@ class OrderBook:
         negative or non-numeric values; the book is unchanged then.
         """
         _apply_one_by_one(self._side(side), ((price, size),), side == "bid")
+        self._touch(side)
 
     def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
         """Apply many ``(price, size)`` pairs of one side, in order.
@@ -212,6 +229,10 @@ class OrderBook:
         """
         book = self._side(side)
         bid = side == "bid"
+        if type(levels) is list and not levels:
+            return  # nothing to apply: the side (and its version) stays as it is
+        # Touched before applying: a level that fails half way has changed the side too.
+        self._touch(side)
         if not book:
             # An empty side (a snapshot after clear()): collect the levels in a
             # plain dict and sort them once, instead of one sorted insert each.
@@ -228,6 +249,8 @@ class OrderBook:
     def clear(self) -> None:
         self._bids.clear()
         self._asks.clear()
+        self.bid_version += 1
+        self.ask_version += 1
 
     def truncate(self, depth: int) -> list[tuple[Side, RawLevel]]:
         """Keep the best ``depth`` levels per side; returns the removed levels."""
@@ -235,6 +258,8 @@ class OrderBook:
             raise ValueError(f"depth must be >= 0, got {depth}")
         removed: list[tuple[Side, RawLevel]] = []
         for side, levels in (("bid", self._bids), ("ask", self._asks)):
+            if len(levels) > depth:
+                self._touch(side)
             while len(levels) > depth:
                 removed.append((side, levels.popitem(-1)[1]))
         return removed
@@ -307,6 +332,8 @@ class OrderBook:
     def __setstate__(self, state: tuple) -> None:
         self._bids = SortedDict()
         self._asks = SortedDict()
+        self.bid_version = self.ask_version = 0
+        self.checksum_memo = None
         bid_prices, bid_sizes, ask_prices, ask_sizes = state
         for side, prices, sizes in (("bid", bid_prices, bid_sizes), ("ask", ask_prices, ask_sizes)):
             if prices:

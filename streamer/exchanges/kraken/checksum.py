@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 from zlib import crc32
 
+from ...book.orderbook import OrderBook
 from ...models import RawLevel
 
 CHECKSUM_LEVELS = 10
@@ -41,8 +42,32 @@ _FRAGMENTS = _Fragments()
 _fragment = _FRAGMENTS.__getitem__
 
 
+def _side_text(levels: Sequence[RawLevel]) -> bytes:
+    return "".join(map(_fragment, levels[:CHECKSUM_LEVELS])).encode("ascii")
+
+
 def kraken_checksum(asks_top10: Sequence[RawLevel], bids_top10: Sequence[RawLevel]) -> int:
     """Checksum of a book given its best asks (ascending) and best bids (descending)."""
-    parts = list(map(_fragment, asks_top10[:CHECKSUM_LEVELS]))
-    parts += map(_fragment, bids_top10[:CHECKSUM_LEVELS])
-    return crc32("".join(parts).encode("ascii"))
+    return crc32(_side_text(bids_top10), crc32(_side_text(asks_top10)))
+
+
+def book_checksum(book: OrderBook) -> int:
+    """:func:`kraken_checksum` of a live book, reusing the side no frame touched.
+
+    The CRC runs over the asks' text, then the bids': the asks' CRC is the
+    starting value of the bids' part. Both are kept (the asks' CRC, the bids'
+    text) with their side's version in the book's ``checksum_memo``, and only
+    a side whose version moved is read again: a Kraken frame updates one side.
+    """
+    memo = book.checksum_memo
+    ask_version, bid_version = book.ask_version, book.bid_version
+    if type(memo) is tuple and memo[0] == ask_version:
+        ask_crc = memo[1]
+    else:
+        ask_crc = crc32(_side_text(book.top("ask", CHECKSUM_LEVELS)))
+    if type(memo) is tuple and memo[2] == bid_version:
+        bid_text = memo[3]
+    else:
+        bid_text = _side_text(book.top("bid", CHECKSUM_LEVELS))
+    book.checksum_memo = (ask_version, ask_crc, bid_version, bid_text)
+    return crc32(bid_text, ask_crc)

@@ -55,7 +55,7 @@ from ..base import (
     require_positive_decimal,
     require_str,
 )
-from .checksum import CHECKSUM_LEVELS, kraken_checksum
+from .checksum import book_checksum
 
 #: Depths Kraken v1 accepts for the book subscription.
 VALID_DEPTHS = (10, 25, 100, 500, 1000)
@@ -82,7 +82,7 @@ class KrakenSyncRules(SyncRules):
         return self._depths.get(native_symbol, self.max_depth)
 
     def checksum(self, book: OrderBook) -> int:
-        return kraken_checksum(book.top("ask", CHECKSUM_LEVELS), book.top("bid", CHECKSUM_LEVELS))
+        return book_checksum(book)
 
 
 def _timestamp_us(value: Any) -> int:
