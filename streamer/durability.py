@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 BASE_KINDS = frozenset({Kind.CONNECT, Kind.STATE})
 
 
+#: Share of the spool budget at which the alarm is raised.
+ALARM_SHARE = 0.8
+
+
 class FeedDurability:
     def __init__(
         self,
@@ -109,7 +113,11 @@ class FeedDurability:
     def budget_state(self) -> tuple[bool, bool]:
         """(alarm: journal above 80 % of the budget, full: at or above 100 %)."""
         size = self.journal.total_bytes
-        return size >= 0.8 * self.budget_bytes, size >= self.budget_bytes
+        return size >= ALARM_SHARE * self.budget_bytes, size >= self.budget_bytes
+
+    def near_budget(self) -> bool:
+        """Cheap check for every frame: is the journal at or above the alarm share of the budget?"""
+        return self.journal.total_bytes >= ALARM_SHARE * self.budget_bytes
 
     async def wait_for_space(self, poll: float = 0.2) -> None:
         while self.journal.total_bytes >= self.budget_bytes:

@@ -207,6 +207,9 @@ class ExchangeFeed:
 
     # -- records -----------------------------------------------------------------
     async def _record_and_process(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
+        self._record_and_process_now(local_ts, kind, payload, meta)
+
+    def _record_and_process_now(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
         # Records are processed one at a time, so rows reach the sinks in journal
         # order: nothing here awaits between appending a record and processing
         # it, so no other task can run in between (no lock needed).
@@ -299,17 +302,19 @@ class ExchangeFeed:
 
     # -- frames --------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes, local_ts: int) -> None:
-        self.status.frames += 1
-        self.status.last_frame_us = local_ts
+        status = self.status
+        status.frames += 1
+        status.last_frame_us = local_ts
         pg = self.outputs.pg
         if pg.crowded():
             # The database is up but behind: let it catch up rather than spill.
             await pg.wait_for_room(ROOM_WAIT_S)
-        await self._watch_budget(local_ts)
-        if isinstance(raw, bytes):
-            await self._record_and_process(local_ts, Kind.WS_BINARY, raw)
-        else:
-            await self._record_and_process(local_ts, Kind.WS_TEXT, raw)
+        durability = self.durability
+        if durability.alarm or durability.near_budget():
+            await self._watch_budget(local_ts)  # near, at or coming back from the spool budget
+        # Every frame passes here: the record is journaled and processed without
+        # another coroutine in between.
+        self._record_and_process_now(local_ts, Kind.WS_BINARY if isinstance(raw, bytes) else Kind.WS_TEXT, raw)
 
     async def _watch_budget(self, local_ts: int) -> None:
         alarm, full = self.durability.budget_state()
