@@ -123,9 +123,10 @@ def binance_id_shifter(frames: Iterable[str | bytes]) -> IdShifter:
         if parsed is None:
             return frame
         message, data = parsed
-        offset = spans.get(data.get("s"), 0) * loop  # type: ignore[arg-type]
+        offset = spans.get(str(data.get("s")), 0) * loop
+        # A diff carries its first and last id; a bookTicker (b, B, a, A) the book's last id.
         keys = ("U", "u") if data.get("e") == "depthUpdate" else ("u",) if "B" in data and "A" in data else ()
-        if not offset or not all(type(data.get(key)) is int for key in keys) or not keys:
+        if not keys or not offset or not all(type(data.get(key)) is int for key in keys):
             return frame
         for key in keys:
             data[key] += offset
