@@ -144,7 +144,7 @@ class ExchangeFeed:
             # record: everything from there to the new connection is a gap.
             last = self.durability.last_record
             assert last is not None
-            await self._record_and_process(last.local_ts, Kind.DISCONNECT, meta="streamer stopped unexpectedly")
+            self._record_and_process(last.local_ts, Kind.DISCONNECT, meta="streamer stopped unexpectedly")
         request = self.mapper.instruments_request()
         if request is not None and self.rest is not None:
             try:
@@ -206,10 +206,7 @@ class ExchangeFeed:
         return sum(1 for t in self._resync_tasks.values() if not t.done())
 
     # -- records -----------------------------------------------------------------
-    async def _record_and_process(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
-        self._record_and_process_now(local_ts, kind, payload, meta)
-
-    def _record_and_process_now(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
+    def _record_and_process(self, local_ts: int, kind: Kind, payload: bytes | str = b"", meta: str = "") -> None:
         # Records are processed one at a time, so rows reach the sinks in journal
         # order: nothing here awaits between appending a record and processing
         # it, so no other task can run in between (no lock needed).
@@ -265,12 +262,12 @@ class ExchangeFeed:
                     await asyncio.sleep(0)
                 if self.processor is None:
                     return
-            await self._record_and_process(local_ts, Kind.SNAPSHOT_TICK, meta=part)
+            self._record_and_process(local_ts, Kind.SNAPSHOT_TICK, meta=part)
 
     async def local_event(self, local_ts: int, kind: FeedEventKind, detail: str, symbol: str = "") -> None:
         """Record an event raised here (memory or spool alarm) with the feed's data."""
         payload = orjson.dumps({"kind": kind.value, "detail": detail, "symbol": symbol})
-        await self._record_and_process(local_ts, Kind.LOCAL_EVENT, payload)
+        self._record_and_process(local_ts, Kind.LOCAL_EVENT, payload)
 
     # -- connection events ---------------------------------------------------------
     async def _on_connect(self, client: WsClient) -> None:
@@ -282,7 +279,7 @@ class ExchangeFeed:
         self.outputs.status(self.status)
         # A new connection means new snapshots for every book (the processor resets them).
         connect = orjson.dumps({"natives": self._native_symbols, "instruments": self._instruments_body})
-        await self._record_and_process(ts, Kind.CONNECT, connect, meta=client.url)
+        self._record_and_process(ts, Kind.CONNECT, connect, meta=client.url)
         for message in self.mapper.subscribe_messages(self._native_symbols):
             await client.send(message)
         for native in self._native_symbols:
@@ -298,7 +295,7 @@ class ExchangeFeed:
         for task in self._resync_tasks.values():
             task.cancel()
         self._resync_tasks.clear()
-        await self._record_and_process(ts, Kind.DISCONNECT, meta=STOPPED if self._stopping else reason)
+        self._record_and_process(ts, Kind.DISCONNECT, meta=STOPPED if self._stopping else reason)
 
     # -- frames --------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes, local_ts: int) -> None:
@@ -312,9 +309,8 @@ class ExchangeFeed:
         durability = self.durability
         if durability.alarm or durability.near_budget():
             await self._watch_budget(local_ts)  # near, at or coming back from the spool budget
-        # Every frame passes here: the record is journaled and processed without
-        # another coroutine in between.
-        self._record_and_process_now(local_ts, Kind.WS_BINARY if isinstance(raw, bytes) else Kind.WS_TEXT, raw)
+        # Every frame passes here: journaled and processed in one synchronous call.
+        self._record_and_process(local_ts, Kind.WS_BINARY if isinstance(raw, bytes) else Kind.WS_TEXT, raw)
 
     async def _watch_budget(self, local_ts: int) -> None:
         alarm, full = self.durability.budget_state()
@@ -397,4 +393,4 @@ class ExchangeFeed:
                 symbol = self.books[native].symbol if native in self.books else ""
                 await self.local_event(now_us(), FeedEventKind.ERROR, f"snapshot request failed: {exc}", symbol)
                 await asyncio.sleep(backoff.next_delay())
-        await self._record_and_process(now_us(), Kind.HTTP, body, meta=native)
+        self._record_and_process(now_us(), Kind.HTTP, body, meta=native)
