@@ -29,6 +29,7 @@ from psycopg import sql
 from streamer.contract import FEED_EVENTS, STOPPED, Table, validate_identifier
 
 from .hours import HourWindow
+from .quality import CONNECTION_DOWN, CONNECTION_UP, STATE_DOWN, STATE_STOPPED, STATE_UP
 
 #: Bytes handed to Arrow's CSV reader per block (one record batch each).
 _BLOCK_SIZE = 8 << 20
@@ -157,11 +158,12 @@ def connection_state_before(
     window: HourWindow,
     *,
     lookback: timedelta = timedelta(days=7),
-    up: str = "connected",
-    down: tuple[str, ...] = ("disconnected", "stall"),
+    up: str = CONNECTION_UP,
+    down: tuple[str, ...] = CONNECTION_DOWN,
 ) -> dict[tuple[str, str], str]:
     """Each connection's state when the hour began, by (exchange, label):
-    ``"up"``, ``"down"``, or ``"stopped"`` (the streamer stopped it on purpose).
+    :data:`~coby_pipeline.lib.quality.STATE_UP`, ``STATE_DOWN``, or
+    ``STATE_STOPPED`` (the streamer stopped it on purpose).
 
     The label is the connection events' ``symbol``: ``''`` for an exchange on
     one connection, ``'@1'``, ``'@2'``, ... for the shards of a split one.
@@ -174,5 +176,5 @@ def connection_state_before(
         " ORDER BY exchange, symbol, local_ts DESC"
     ).format(schema=sql.Identifier(validate_identifier(schema)), table=sql.Identifier(FEED_EVENTS.name))
     rows = conn.execute(query, (window.start - lookback, window.start, [up, *down])).fetchall()
-    return {(exchange, label): "up" if event == up else "stopped" if detail == STOPPED else "down"
+    return {(exchange, label): STATE_UP if event == up else STATE_STOPPED if detail == STOPPED else STATE_DOWN
             for exchange, label, event, detail in rows}

@@ -48,12 +48,15 @@ from typing import Iterable
 
 import polars as pl
 
-from streamer.contract import CONNECTION_LABEL_PREFIX
+from streamer.contract import CONNECTION_LABEL_PREFIX, STOPPED
 
 from .hours import HourWindow
 
 CONNECTION_UP = "connected"
 CONNECTION_DOWN = ("disconnected", "stall")
+#: A connection's state when the hour began (``connection_state_before``):
+#: up, down, or stopped on purpose by the streamer.
+STATE_UP, STATE_DOWN, STATE_STOPPED = "up", "down", STOPPED
 COUNTED_EVENTS = {"gap": "gaps", "resync": "resyncs", "checksum_failed": "checksum_failed"}
 #: Connection events name their connection in ``symbol``: '' for an exchange on
 #: one connection, '@1', '@2', ... for its shards. No real symbol looks like that.
@@ -326,7 +329,7 @@ def quality_scores(
 
 def _up(state: str | None) -> bool | None:
     """``state_at_start`` as :func:`up_intervals` takes it (None: no history)."""
-    return None if state is None else state == "up"
+    return None if state is None else state == STATE_UP
 
 
 def _connection_table(
@@ -356,7 +359,7 @@ def _connection_table(
         for at, label, kind in mine.select("local_ts", "symbol", "event").iter_rows():
             by_label.setdefault(label, []).append((at, kind))
         active = {label: label_events for label, label_events in by_label.items()
-                  if label_events or state_at_start.get((exchange, label)) != "stopped"}
+                  if label_events or state_at_start.get((exchange, label)) != STATE_STOPPED}
         per_connection = [
             up_intervals(
                 label_events,
