@@ -97,6 +97,9 @@ class Quarantine:
     local_ts: int
     code: str = "MAP-001"
     symbol: str | None = None
+    #: The native symbol of the book this frame was an update (or snapshot) of,
+    #: when the mapper got that far: that book missed the frame.
+    book: str | None = None
 
 
 @dataclass(slots=True)

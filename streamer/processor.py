@@ -253,6 +253,8 @@ class FeedProcessor:
             elif isinstance(event, Quarantine):
                 self.stats.rejected += 1
                 out.add_rows(QUARANTINE, [rows.quarantine_row(event)])
+                if event.book is not None:
+                    self._on_rejected_book_frame(event, out)
             elif isinstance(event, ControlEvent):
                 self._on_control(event, out)
 
@@ -293,6 +295,20 @@ class FeedProcessor:
                 # or rejected as malformed): ask again rather than wait forever.
                 out.resyncs.append(sync)
                 self._snapshot_asked_at[sync.native_symbol] = msg.local_ts
+
+    def _on_rejected_book_frame(self, item: Quarantine, out: Output) -> None:
+        """A book frame was quarantined: its book missed an update and resyncs now."""
+        sync = self.books.get(item.book or "")
+        if sync is None:  # not a subscribed symbol: the quarantine record says so
+            return
+        outcome = sync.on_frame_rejected(f"{item.code} {item.reason}", item.local_ts)
+        for event in outcome.events:
+            self._record(event, out)
+        if outcome.needs_resync:
+            out.changed.pop(sync.native_symbol, None)
+            out.unsynced.append(sync)
+            out.resyncs.append(sync)
+            self._snapshot_asked_at[sync.native_symbol] = item.local_ts
 
     def _on_trade(self, trade: TradeEvent, out: Output) -> None:
         if trade.native_symbol not in self.books:

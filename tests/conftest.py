@@ -18,9 +18,12 @@ are removed after the test. Tables are not created here: tests call
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
+import sys
+import threading
 import tempfile
 import uuid
 from dataclasses import replace
@@ -71,6 +74,25 @@ def _session_settings(data_dir: Path) -> tuple[Settings, bool, bool]:
         else:
             embed_redis = True
     return base, embed_db, embed_redis
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what ``coby``'s entry point installs (a stderr handler replacing the
+    root's handlers, exception hooks) when a test calls ``streamer.cli.main``:
+    that handler would outlive the test's captured stderr and fail every later
+    log line with "I/O operation on closed file"."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, sys.excepthook, threading.excepthook)
+    yield
+    for handler in list(root.handlers):
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+    for handler in saved[0]:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(saved[1])
+    sys.excepthook, threading.excepthook = saved[2], saved[3]
 
 
 @pytest.fixture(scope="session")

@@ -304,9 +304,15 @@ async def test_reordered_updates_resync_only_that_book(protocol, settings):
     assert set(summary["books"]) == set(SYMBOLS[protocol])
 
 
+#: A substring only the book frames of each protocol carry.
+BOOK_FRAMES = {"binance": "depthUpdate", "kraken": "book-", "okx": "books"}
+
+
+@pytest.mark.parametrize("frames", ["book", "any"])
 @pytest.mark.parametrize("protocol", ["binance", "kraken", "okx"])
-async def test_nan_prices_are_quarantined_with_a_reason(protocol, settings):
-    plan = parse_fault_spec(f"corrupt:every=10,after=20,count=3,mode=nan,symbol={ETH[protocol]}")
+async def test_nan_prices_are_quarantined_with_a_reason(protocol, frames, settings):
+    match = f",match={BOOK_FRAMES[protocol]}" if frames == "book" else ""
+    plan = parse_fault_spec(f"corrupt:every=10,after=20,count=3,mode=nan,symbol={ETH[protocol]}{match}")
     async with run_simulated_exchanges([protocol], {protocol: SYMBOLS[protocol]}, rate=60) as urls:
         urls.servers[protocol].faults = plan
         streamer, summary = await run_until(
@@ -317,7 +323,16 @@ async def test_nan_prices_are_quarantined_with_a_reason(protocol, settings):
     assert len(rows) == summary["rejected"] >= 3
     assert all(code.startswith("MAP-") and reason for code, reason, _raw in rows)
     assert all("NaN" in raw for _c, _r, raw in rows)
-    _assert_only_eth_affected(protocol, feed_events(settings, protocol))
+    events = feed_events(settings, protocol)
+    _assert_only_eth_affected(protocol, events)
+    # The book a rejected book frame belonged to resynced at once (a NaN frame
+    # that arrives while it is still resyncing is not another gap; a trade frame
+    # is no book's).
+    rejected_gaps = [d for _s, event, d in events if event == "gap" and d.startswith("frame rejected: MAP-003")]
+    book_rows = [raw for _c, _r, raw in rows if BOOK_FRAMES[protocol] in raw]
+    assert len(rejected_gaps) <= len(book_rows)
+    if frames == "book":
+        assert len(book_rows) == len(rows) and len(rejected_gaps) >= 1
     assert set(summary["books"]) == set(SYMBOLS[protocol])
 
 

@@ -220,3 +220,52 @@ def test_tick_parts_cover_every_book_once():
     for bad in ("", "1", "a:b", "5:5", "-1:3", "3:1"):
         with pytest.raises(ValueError):
             tick_part(bad)
+
+
+def test_a_rejected_book_frame_resyncs_only_its_book_at_once():
+    """A NaN price in one book's update: that book missed an update, so it stops
+    being published and resyncs now, not when a later frame's checksum fails."""
+    from streamer.contract import QUARANTINE
+
+    processor = _synced_okx_processor(2)
+    nan_update = (b'{"arg":{"channel":"books","instId":"A0-USDT"},"action":"update","data":[{'
+                  b'"asks":[["NaN","1","0","1"]],"bids":[],"ts":"2","checksum":0}]}')
+    out = processor.process(Record(10, 10, Kind.WS_TEXT, "", nan_update))
+    [row] = out.rows[QUARANTINE]
+    assert row[QUARANTINE.column_names.index("code")] == "MAP-003"
+    assert [s.native_symbol for s in out.resyncs] == ["A0-USDT"]
+    assert [s.native_symbol for s in out.unsynced] == ["A0-USDT"]
+    assert not processor.books["A0-USDT"].is_synced and processor.books["A1-USDT"].is_synced
+    events = [(row[FEED_EVENTS.column_names.index("symbol")], row[FEED_EVENTS.column_names.index("event")],
+               row[FEED_EVENTS.column_names.index("detail")]) for row in out.rows[FEED_EVENTS]]
+    assert [e[:2] for e in events] == [("A0-USDT", "gap"), ("A0-USDT", "resync")]
+    assert events[0][2].startswith("frame rejected: MAP-003")
+    assert processor.stats.rejected == 1 and processor.stats.sequence_gaps == 1
+    # While it waits for its snapshot, a second bad frame of the same book is
+    # quarantined but is not another gap, and asks for nothing more.
+    again = processor.process(Record(11, 11, Kind.WS_TEXT, "", nan_update))
+    assert again.resyncs == [] and FEED_EVENTS not in again.rows
+    assert processor.stats.rejected == 2 and processor.stats.sequence_gaps == 1
+
+
+@pytest.mark.parametrize("protocol, native, frame", [
+    ("kraken", "XBT/USD", '[1,{"a":[["NaN","1.0","1700000000.000001"]],"c":"1"},"book-10","XBT/USD"]'),
+    ("okx", "BTC-USDT", '{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update",'
+                        '"data":[{"asks":[["1","x","0","1"]],"bids":[],"ts":"2"}]}'),
+    ("binance", "BTCUSDT", '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
+                           '"U":5,"u":4,"b":[],"a":[]}}'),
+])
+def test_a_rejected_book_frame_names_its_book(protocol, native, frame):
+    [item] = get_mapper(protocol).map_message(frame, 1)
+    assert item.book == native and item.code in ("MAP-002", "MAP-003")
+
+
+@pytest.mark.parametrize("protocol, frame", [
+    ("kraken", '[2,[["NaN","1.0","1700000000.1","b","l",""]],"trade","XBT/USD"]'),
+    ("okx", '{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"bogus","data":[]}'),
+    ("binance", '{"stream":"x","data":{"e":"depthUpdate","E":1,"s":7,"U":1,"u":2,"b":[],"a":[]}}'),
+])
+def test_frames_of_no_known_book_name_none(protocol, frame):
+    """Trades, and book frames rejected before their symbol is read, name no book."""
+    [item] = get_mapper(protocol).map_message(frame, 1)
+    assert item.book is None and item.code.startswith("MAP-")

@@ -22,6 +22,9 @@ States::
   carries a ``gap``/``checksum_failed`` event, a ``resync`` event and
   ``needs_resync=True`` so the caller fetches a new REST snapshot or
   resubscribes that one symbol. Other symbols are separate instances.
+- A frame of a synced book that the mapper rejects (quarantined: NaN price,
+  malformed level...) is a gap too (:meth:`BookSync.on_frame_rejected`): the
+  book missed it, so it is not published until resynced.
 - A crossed book (best bid >= best ask) after a message is recorded once per
   episode as a ``crossed`` event. It does not trigger a resync by default
   (``SyncRules.resync_on_crossed``): on Kraken and OKX a crossed book whose
@@ -214,6 +217,20 @@ class BookSync:
             return []
         self.resyncs += 1
         return [self._event(FeedEventKind.RESYNC, local_ts, reason)]
+
+    def on_frame_rejected(self, reason: str, local_ts: int) -> SyncOutcome:
+        """A frame of this book could not be mapped (it is in quarantine).
+
+        The book missed whatever the frame changed, so a synced book loses sync
+        now (a ``gap``) instead of staying published until the next frame's
+        sequence or checksum shows the hole. An unsynced book is unaffected:
+        it is waiting for a snapshot that supersedes the frame.
+        """
+        out = SyncOutcome()
+        if self.state is SyncState.SYNCED:
+            self.gaps += 1
+            self._lose_sync(FeedEventKind.GAP, f"frame rejected: {reason}"[:500], local_ts, out)
+        return out
 
     def on_snapshot_failed(self, reason: str, local_ts: int) -> list[FeedEvent]:
         """The REST snapshot request failed; the book stays unsynced and deltas

@@ -170,21 +170,40 @@ def raw_text(raw: str | bytes) -> str:
     return repr(raw)
 
 
+class BookFrameRejected(Exception):
+    """A book frame of a named symbol failed to map (``cause`` says why).
+
+    Mappers raise it once they know which book the frame belongs to, so that
+    the quarantine record names that book and the processor can resync it at
+    once: the book missed an update, whatever the next frame's sequence or
+    checksum would show.
+    """
+
+    def __init__(self, native_symbol: str, cause: BaseException) -> None:
+        super().__init__(native_symbol, cause)
+        self.native_symbol = native_symbol
+        self.cause = cause
+
+
 def mapping_failure(exchange: str, raw: str | bytes, local_ts: int, exc: BaseException,
                     symbol: str | None = None) -> Quarantine:
     """The quarantine record for a frame a mapper could not use.
 
     :class:`MappingError` carries its own code and reason; structural surprises
     (a missing key, a wrong type) are malformed frames (MAP-002); anything else
-    is still quarantined (MAP-001) because a mapper never raises.
+    is still quarantined (MAP-001) because a mapper never raises. A
+    :class:`BookFrameRejected` adds the book the frame was for.
     """
+    book = None
+    if isinstance(exc, BookFrameRejected):
+        book, exc = exc.native_symbol, exc.cause
     if isinstance(exc, MappingError):
         code, reason = exc.code, exc.reason
     elif isinstance(exc, (KeyError, IndexError, TypeError, ValueError, AttributeError)):
         code, reason = "MAP-002", f"unexpected frame structure: {type(exc).__name__}: {exc}"
     else:
         code, reason = "MAP-001", f"mapping failed: {type(exc).__name__}: {exc}"
-    return Quarantine(exchange, reason[:1000], raw_text(raw), local_ts, code, symbol)
+    return Quarantine(exchange, reason[:1000], raw_text(raw), local_ts, code, symbol, book)
 
 
 #: Integers are stored as PostgreSQL ``bigint``.

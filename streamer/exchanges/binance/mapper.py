@@ -40,6 +40,7 @@ from ...errors import (
 from ...models import BookMessage, ControlEvent, MappedEvent, TradeEvent
 from ...symbols import join_symbol, split_by_quote
 from ..base import (
+    BookFrameRejected,
     Endpoints,
     ExchangeMapper,
     Instrument,
@@ -184,23 +185,26 @@ class BinanceSpotMapper(ExchangeMapper):
     def _depth_update(self, data: dict, local_ts: int) -> BookMessage:
         native = require_str(data["s"], "s")
         symbol = self.normalize_symbol(native)
-        first = require_int(data["U"], "U")
-        last = require_int(data["u"], "u")
-        if first > last:
-            raise InvalidValueError(f"depthUpdate has U {first} > u {last}")
-        return BookMessage(
-            self.exchange,
-            symbol,
-            native,
-            parse_levels(data["b"], "bids"),
-            parse_levels(data["a"], "asks"),
-            local_ts,
-            millis_to_us(data["E"], "E"),
-            False,
-            last,
-            first - 1,
-            first,
-        )
+        try:
+            first = require_int(data["U"], "U")
+            last = require_int(data["u"], "u")
+            if first > last:
+                raise InvalidValueError(f"depthUpdate has U {first} > u {last}")
+            return BookMessage(
+                self.exchange,
+                symbol,
+                native,
+                parse_levels(data["b"], "bids"),
+                parse_levels(data["a"], "asks"),
+                local_ts,
+                millis_to_us(data["E"], "E"),
+                False,
+                last,
+                first - 1,
+                first,
+            )
+        except Exception as exc:
+            raise BookFrameRejected(native, exc) from exc
 
     def _trade(self, data: dict, id_field: str, local_ts: int) -> TradeEvent:
         native = require_str(data["s"], "s")

@@ -46,6 +46,7 @@ from ...models import BookMessage, ControlEvent, MappedEvent, RawLevel, TradeEve
 from ...symbols import canonical_asset, join_symbol
 from ..base import (
     MAX_MILLIS,
+    BookFrameRejected,
     Endpoints,
     ExchangeMapper,
     Instrument,
@@ -225,7 +226,10 @@ class KrakenSpotMapper(ExchangeMapper):
         if type(channel) is not str or type(pair) is not str:
             raise MalformedFrameError("channel name and pair must be strings")
         if channel.startswith("book-"):
-            return [self._book(msg, channel, pair, local_ts)]
+            try:
+                return [self._book(msg, channel, pair, local_ts)]
+            except Exception as exc:
+                raise BookFrameRejected(pair, exc) from exc
         if channel == "trade":
             return self._trades(msg, pair, local_ts)
         if channel.startswith(_IGNORED_CHANNELS):

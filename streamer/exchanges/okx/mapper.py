@@ -37,6 +37,7 @@ from ...errors import InvalidSymbolError, InvalidValueError, MalformedFrameError
 from ...models import BookMessage, ControlEvent, MappedEvent, TradeEvent
 from ...symbols import validate_symbol
 from ..base import (
+    BookFrameRejected,
     Endpoints,
     ExchangeMapper,
     Instrument,
@@ -207,10 +208,16 @@ class OkxMapper(ExchangeMapper):
             if action not in ("snapshot", "update"):
                 raise MalformedFrameError(f"book frame action must be snapshot or update, got {action!r}"[:200])
             inst = require_str(arg.get("instId"), "arg.instId")
-            return [self._book(inst, entry, action == "snapshot", True, local_ts) for entry in data]
+            try:
+                return [self._book(inst, entry, action == "snapshot", True, local_ts) for entry in data]
+            except Exception as exc:
+                raise BookFrameRejected(inst, exc) from exc
         if channel in _FULL_BOOKS:
             inst = require_str(arg.get("instId"), "arg.instId")
-            return [self._book(inst, entry, True, False, local_ts) for entry in data]
+            try:
+                return [self._book(inst, entry, True, False, local_ts) for entry in data]
+            except Exception as exc:
+                raise BookFrameRejected(inst, exc) from exc
         if channel in _TRADE_CHANNELS:
             return [self._trade(entry, local_ts) for entry in data]
         if channel in _IGNORED_CHANNELS or channel.startswith(("candle", "mark-price-candle", "index-candle")):
