@@ -246,3 +246,46 @@ async def test_misuse_is_reported_clearly(settings, pg_conn):
     await sink.close()
     with pytest.raises(SinkError, match="closed"):
         await sink.write(TRADES, [rows.trade_row(_trade(1))])
+
+
+class _Hint:
+    """A turn hint (``streamer.connection.ws.TurnHint``) due from ``due_us`` on, counting releases."""
+
+    def __init__(self, due_us: int) -> None:
+        self.due_us = due_us
+        self.releases = 0
+
+    def release(self) -> None:
+        self.releases += 1
+
+
+@pytest.mark.parametrize("due", [True, False])
+async def test_a_copy_lets_due_work_through_every_check_and_stores_every_row(settings, pg_conn, due):
+    from streamer.sinks.postgres import COPY_CHECK_ROWS, COPY_YIELD_ROWS
+
+    apply_schema(pg_conn, settings)
+    count = 4 * COPY_YIELD_ROWS
+    hint = _Hint(0 if due else 2**62)
+    turns = 0
+
+    async def other_task() -> None:  # counts the loop turns it gets while the COPY runs
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with _fast(settings) as sink:
+        sink.turn_hint = hint
+        ticker = asyncio.create_task(other_task())
+        await sink.write(TRADES, [rows.trade_row(_trade(i)) for i in range(count)])
+        before = turns
+        await sink.flush()
+        during = turns - before
+        ticker.cancel()
+    assert _count(pg_conn, settings, TRADES) == count
+    if due:
+        assert hint.releases == count // COPY_CHECK_ROWS
+        assert during >= count // COPY_CHECK_ROWS
+    else:
+        assert hint.releases == 0
+        assert during >= count // COPY_YIELD_ROWS

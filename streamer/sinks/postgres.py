@@ -41,7 +41,7 @@ import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import orjson
 import psycopg
@@ -50,11 +50,15 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from ..connection.backoff import backoff_delay
+from ..connection.clock import now_us
 from ..config import Settings
 from ..contract import INGEST_CHECKPOINTS, TABLES, Table
 from ..errors import SinkError
 from ..secrets import describe_error
 from .schema import maintain_partitions
+
+if TYPE_CHECKING:
+    from ..connection.ws import TurnHint
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +147,32 @@ def _jsonable(row: Sequence[Any]) -> list:
 
 #: Rows formatted for COPY between two yields to the event loop.
 COPY_YIELD_ROWS = 500
+#: Rows formatted between two looks at whether the turn hint's work is due.
+COPY_CHECK_ROWS = 100
 
 
-async def _write_rows(copy, rows: list[tuple]) -> None:
-    """Feed ``rows`` to a COPY, yielding to the event loop every ``COPY_YIELD_ROWS``.
+async def _write_rows(copy, rows: list[tuple], hint: TurnHint | None = None) -> None:
+    """Feed ``rows`` to a COPY, yielding to the event loop every ``COPY_YIELD_ROWS``,
+    and sooner (within ``COPY_CHECK_ROWS``) once ``hint``'s work falls due.
 
     Formatting a row runs in this process; a batch of thousands would hold the
     loop for milliseconds, and the feed and the Redis flush (the live cache's
-    latency) wait meanwhile.
+    latency) wait meanwhile. Yielding more often for every batch would cost
+    throughput (the COPY ends later and the feed waits for room), so the
+    finer step is taken only when the live cache's write is waiting.
     """
     write_row = copy.write_row
-    for start in range(0, len(rows), COPY_YIELD_ROWS):
-        for row in rows[start:start + COPY_YIELD_ROWS]:
+    since_yield = 0
+    for start in range(0, len(rows), COPY_CHECK_ROWS):
+        for row in rows[start:start + COPY_CHECK_ROWS]:
             await write_row(row)
-        await asyncio.sleep(0)
+        since_yield += COPY_CHECK_ROWS
+        due = hint is not None and now_us() >= hint.due_us
+        if due or since_yield >= COPY_YIELD_ROWS:
+            if due:
+                hint.release()  # type: ignore[union-attr]
+            await asyncio.sleep(0)
+            since_yield = 0
 
 
 class RecoveryInterrupted(SinkError):
@@ -231,6 +247,9 @@ class PostgresSink:
         self._closed = False
         self._statements: dict[str, sql.Composed] = {}
         self._last_maintenance = time.monotonic()
+        #: Work that waits for the event loop while a COPY formats rows (the
+        #: live cache's write, set by the streamer): a COPY yields once it is due.
+        self.turn_hint: TurnHint | None = None
 
         # Counters (read them through stats()).
         self.rows_written: dict[str, int] = defaultdict(int)
@@ -513,7 +532,7 @@ class PostgresSink:
         for start in range(0, len(rows), self.batch_size):
             async with cur.copy(self._copy_statement(table)) as copy:
                 copy.set_types([c.pg_type for c in table.columns])
-                await _write_rows(copy, rows[start : start + self.batch_size])
+                await _write_rows(copy, rows[start : start + self.batch_size], self.turn_hint)
 
     async def _store_checkpoints(self, cur, marks: Mapping[str, int]) -> None:
         statement = sql.SQL(
@@ -666,7 +685,7 @@ class PostgresSink:
                 else:
                     async with cur.copy(self._copy_statement(table)) as copy:
                         copy.set_types([c.pg_type for c in table.columns])
-                        await _write_rows(copy, batch)
+                        await _write_rows(copy, batch, self.turn_hint)
         self.batches += 1
         self.failing = False
         self.rows_written[table.name] += len(batch)
