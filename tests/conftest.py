@@ -23,8 +23,8 @@ import os
 import shutil
 import socket
 import sys
-import threading
 import tempfile
+import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path

@@ -167,12 +167,12 @@ async def _write_rows(copy, rows: list[tuple], hint: TurnHint | None = None) -> 
         for row in rows[start:start + COPY_CHECK_ROWS]:
             await write_row(row)
         since_yield += COPY_CHECK_ROWS
-        due = hint is not None and now_us() >= hint.due_us
-        if due or since_yield >= COPY_YIELD_ROWS:
-            if due:
-                hint.release()  # type: ignore[union-attr]
-            await asyncio.sleep(0)
-            since_yield = 0
+        if hint is not None and now_us() >= hint.due_us:
+            hint.release()  # the live cache's write runs at this yield
+        elif since_yield < COPY_YIELD_ROWS:
+            continue
+        await asyncio.sleep(0)
+        since_yield = 0
 
 
 class RecoveryInterrupted(SinkError):
