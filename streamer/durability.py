@@ -112,8 +112,7 @@ class FeedDurability:
     # -- budget ------------------------------------------------------------------
     def budget_state(self) -> tuple[bool, bool]:
         """(alarm: journal above 80 % of the budget, full: at or above 100 %)."""
-        size = self.journal.total_bytes
-        return size >= ALARM_SHARE * self.budget_bytes, size >= self.budget_bytes
+        return self.near_budget(), self.journal.total_bytes >= self.budget_bytes
 
     def near_budget(self) -> bool:
         """Cheap check for every frame: is the journal at or above the alarm share of the budget?"""

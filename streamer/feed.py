@@ -264,7 +264,7 @@ class ExchangeFeed:
                     return
             self._record_and_process(local_ts, Kind.SNAPSHOT_TICK, meta=part)
 
-    async def local_event(self, local_ts: int, kind: FeedEventKind, detail: str, symbol: str = "") -> None:
+    def local_event(self, local_ts: int, kind: FeedEventKind, detail: str, symbol: str = "") -> None:
         """Record an event raised here (memory or spool alarm) with the feed's data."""
         payload = orjson.dumps({"kind": kind.value, "detail": detail, "symbol": symbol})
         self._record_and_process(local_ts, Kind.LOCAL_EVENT, payload)
@@ -323,7 +323,7 @@ class ExchangeFeed:
             (log.error if alarm else log.warning)("%s: %s", self.name, detail)
             self.status.detail = detail if alarm else ""
             self.outputs.status(self.status)
-            await self.local_event(local_ts, FeedEventKind.ERROR, detail)
+            self.local_event(local_ts, FeedEventKind.ERROR, detail)
         if full:
             # Stop reading the exchange until PostgreSQL catches up and space is
             # reclaimed: the TCP window closes, and the exchange may disconnect
@@ -391,6 +391,6 @@ class ExchangeFeed:
                 break
             except RestError as exc:
                 symbol = self.books[native].symbol if native in self.books else ""
-                await self.local_event(now_us(), FeedEventKind.ERROR, f"snapshot request failed: {exc}", symbol)
+                self.local_event(now_us(), FeedEventKind.ERROR, f"snapshot request failed: {exc}", symbol)
                 await asyncio.sleep(backoff.next_delay())
         self._record_and_process(now_us(), Kind.HTTP, body, meta=native)

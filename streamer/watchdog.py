@@ -31,7 +31,7 @@ class MemoryWatchdog:
     def rss_mb(self) -> float:
         return self.process.memory_info().rss / (1024 * 1024)
 
-    async def check(self) -> bool:
+    def check(self) -> bool:
         """One check; returns whether the alarm is on."""
         rss = self.rss_mb()
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
@@ -42,7 +42,7 @@ class MemoryWatchdog:
             for feed in self.feeds:
                 feed.status.detail = detail
                 feed.outputs.status(feed.status)
-                await feed.local_event(now_us(), FeedEventKind.ERROR, detail)
+                feed.local_event(now_us(), FeedEventKind.ERROR, detail)
         elif not over and self.alarm:
             log.warning("memory back under MAX_MEMORY_USAGE: RSS %.0f MB", rss)
             for feed in self.feeds:
@@ -53,5 +53,5 @@ class MemoryWatchdog:
 
     async def run(self) -> None:
         while True:
-            await self.check()
+            self.check()
             await asyncio.sleep(self.interval)
