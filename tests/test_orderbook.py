@@ -195,3 +195,39 @@ def test_a_pickled_book_comes_back_with_the_exchange_strings_in_order():
     # The copy is a book of its own.
     again.apply("bid", "100.00", "0")
     assert book.depth("bid") == 40 and again.depth("bid") == 39
+
+
+def _model_levels(model: dict, side: str) -> list:
+    return [model[side][p] for p in sorted(model[side], reverse=side == "bid")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["bid", "ask"]), st.lists(st.tuples(_price_text, _size_text), max_size=30)),
+                max_size=20),
+       st.integers(min_value=0, max_value=30), _prices, _prices)
+def test_batched_updates_truncation_and_bands_match_a_naive_model(batches, depth, one, other):
+    # Batches of every length take both the level-by-level and the column-wise
+    # path, into an empty side (sorted once) and into a filled one (sorted inserts).
+    book = OrderBook()
+    model = {"bid": {}, "ask": {}}
+    for side, levels in batches:
+        book.apply_levels(side, levels)
+        for price, size in levels:
+            if Decimal(size) == 0:
+                model[side].pop(Decimal(price), None)
+            else:
+                model[side][Decimal(price)] = (price, size)
+        assert list(book.levels(side)) == _model_levels(model, side)
+        assert book.depth(side) == len(model[side])
+    low, high = min(one, other), max(one, other)
+    for side in ("bid", "ask"):
+        expected = [lvl for lvl in _model_levels(model, side) if low <= Decimal(lvl[0]) <= high]
+        assert list(book.band(side, low, high)) == expected
+    removed = book.truncate(depth)
+    for side in ("bid", "ask"):
+        levels = _model_levels(model, side)
+        assert list(book.levels(side)) == levels[:depth]
+        # Worst first, as the removed levels are reported.
+        assert [lvl for s, lvl in removed if s == side] == levels[depth:][::-1]
+    bids = _model_levels(model, "bid")[:depth]
+    assert book.best_bid() == (bids[0] if bids else None)

@@ -289,3 +289,36 @@ async def test_a_copy_lets_due_work_through_every_check_and_stores_every_row(set
     else:
         assert hint.releases == 0
         assert during >= count // COPY_YIELD_ROWS
+
+
+class _WriteRowOnly:
+    """A COPY seen through its documented API only (no formatter): how
+    ``_write_rows`` meets a psycopg whose internals have changed."""
+
+    def __init__(self, copy) -> None:
+        self.write_row = copy.write_row
+
+
+@pytest.mark.parametrize("documented_api_only", [False, True])
+async def test_copied_level_rows_keep_each_frames_timestamps(settings, pg_conn, documented_api_only):
+    # Level rows of one frame share their two timestamp objects, which the
+    # encoder remembers: rows of frames that alternate and repeat times must
+    # still each be stored with their own.
+    from streamer.sinks.postgres import _write_rows
+
+    apply_schema(pg_conn, settings)
+    written: list[tuple] = []
+    for frame in range(60):
+        local_ts = T0 + (frame % 7) * 1_000 + frame  # some frames share a receipt time's value, not its object
+        exchange_ts = None if frame % 5 == 0 else T0 - frame * 10
+        levels = [(f"{64000 + i}.5", f"{frame}.{i}") for i in range(1 + frame % 4)]
+        msg = BookMessage("okx", "BTC-USDT", "BTC-USDT", bids=levels, asks=levels[:1], local_ts=local_ts,
+                          exchange_ts=exchange_ts, is_snapshot=False, seq=frame, prev_seq=frame - 1)
+        written += rows.book_update_rows(msg)
+    async with _fast(settings) as sink:
+        conn = await sink._ensure_connection()
+        async with conn.transaction(), conn.cursor() as cur:
+            async with cur.copy(sink._copy_statement(BOOK_UPDATES)) as copy:
+                copy.set_types([c.pg_type for c in BOOK_UPDATES.columns])
+                await _write_rows(_WriteRowOnly(copy) if documented_api_only else copy, written)
+    assert sorted(_read(pg_conn, settings, BOOK_UPDATES), key=repr) == sorted(written, key=repr)

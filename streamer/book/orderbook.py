@@ -1,12 +1,9 @@
 """An L2 order book that keeps the exchange's own price and size strings.
 
-Levels are stored in two :class:`sortedcontainers.SortedDict` keyed by the
-price as a float: ``-price`` for bids and ``price`` for asks, so that index 0
-is always the best level and "100.0" and "100.00" are the same level. A float
-is exact enough as a key: every exchange decimal string with up to 15
-significant digits maps to a distinct float. The value is the
+Each side maps a float key (``-price`` for bids, ``price`` for asks) to the
 ``(price, size)`` pair exactly as the exchange last wrote it, which is what
-the exchanges' checksums are computed over.
+the exchanges' checksums are computed over, and keeps its keys sorted so that
+position 0 is the best level (see :class:`OrderBook`).
 
 No Decimal arithmetic happens on the update path; Decimals are only built when
 a caller asks for an :class:`~streamer.models.OrderBookSnapshot`.
@@ -16,12 +13,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from itertools import islice
+from bisect import bisect_left, bisect_right, insort
 from operator import itemgetter
 from math import inf as _INF, isfinite
 from typing import Iterable, Iterator, Sequence
-
-from sortedcontainers import SortedDict
 
 from ..errors import InvalidValueError, MalformedFrameError
 from ..models import OrderBookSnapshot, PriceLevel, RawLevel, Side
@@ -30,11 +25,14 @@ from ..models import OrderBookSnapshot, PriceLevel, RawLevel, Side
 #: exponent, whitespace, underscores, NaN or infinity, and at most 24 digits on
 #: either side of the point (so the value is always a finite float). ASCII
 #: digits only: ``\d`` would also take other scripts' digits, which float() reads.
-_DECIMAL_TEXT = r"(?:[0-9]{1,24}(?:\.[0-9]{0,24})?|\.[0-9]{1,24})"
+#: The quantifiers are possessive (``+``): what follows a run of digits never
+#: starts with a digit, so giving digits back cannot make a match, and not
+#: keeping the backtracking points makes the match 40 % faster.
+_DECIMAL_TEXT = r"(?:[0-9]{1,24}+(?:\.[0-9]{0,24}+)?+|\.[0-9]{1,24}+)"
 _DECIMAL = re.compile(_DECIMAL_TEXT + r"\Z")
 is_decimal = _DECIMAL.match
 #: Plain decimals, one per line (see decimal_columns).
-_DECIMAL_LINES = re.compile(f"{_DECIMAL_TEXT}(?:\n{_DECIMAL_TEXT})*")
+_DECIMAL_LINES = re.compile(f"{_DECIMAL_TEXT}(?:\n{_DECIMAL_TEXT})*+")
 #: Level lists at least this long are checked column-wise (see parse_levels).
 _COLUMN_CHECKS_FROM = 12
 _LIST_ONLY = {list}
@@ -132,8 +130,9 @@ def _invalid_level(price: object, size: object) -> InvalidValueError:
     return InvalidValueError(f"price and size must be finite, non-negative decimal strings, got {(price, size)!r}"[:300])
 
 
-def _apply_one_by_one(target: dict, levels: Iterable[RawLevel], bid: bool) -> None:
-    pop = target.pop
+def _apply_one_by_one(levels_by_key: dict, keys: list | None, levels: Iterable[RawLevel], bid: bool) -> None:
+    """Apply levels to one side; with ``keys`` None the caller sorts the keys afterwards."""
+    pop = levels_by_key.pop
     for price, size in levels:
         if type(price) is not str or type(size) is not str:
             raise _invalid_level(price, size)
@@ -147,35 +146,50 @@ def _apply_one_by_one(target: dict, levels: Iterable[RawLevel], bid: bool) -> No
             raise _invalid_level(price, size)
         key = -p if bid else p
         if s == 0.0:
-            pop(key, None)
+            if pop(key, None) is not None and keys is not None:
+                del keys[bisect_left(keys, key)]
         else:
-            target[key] = (price, size)
+            if keys is not None and key not in levels_by_key:
+                insort(keys, key)
+            levels_by_key[key] = (price, size)
 
 
-def _apply_columns(target: dict, levels: list, bid: bool) -> None:
+def _apply_columns(levels_by_key: dict, keys: list | None, levels: list, bid: bool) -> None:
     """_apply_one_by_one for a long list: conversions and checks per column in C."""
     prices, sizes = zip(*levels)  # ValueError/TypeError unless every level is a pair
     if set(map(type, prices)) != _STR_ONLY or set(map(type, sizes)) != _STR_ONLY:
-        _apply_one_by_one({}, levels, bid)  # raises, naming the level
+        _apply_one_by_one({}, None, levels, bid)  # raises, naming the level
     try:
         p_values = list(map(float, prices))
         s_values = list(map(float, sizes))
     except ValueError:
-        _apply_one_by_one({}, levels, bid)  # raises, naming the level
+        _apply_one_by_one({}, None, levels, bid)  # raises, naming the level
         raise
     if not (all(map(isfinite, p_values)) and all(map(isfinite, s_values))
             and min(p_values) >= 0.0 and min(s_values) >= 0.0):
-        _apply_one_by_one({}, levels, bid)  # raises, naming the level
-    pop = target.pop
+        _apply_one_by_one({}, None, levels, bid)  # raises, naming the level
+    pop = levels_by_key.pop
     for key, s, price, size in zip([-p for p in p_values] if bid else p_values, s_values, prices, sizes):
         if s == 0.0:
-            pop(key, None)
+            if pop(key, None) is not None and keys is not None:
+                del keys[bisect_left(keys, key)]
         else:
-            target[key] = (price, size)
+            if keys is not None and key not in levels_by_key:
+                insort(keys, key)
+            levels_by_key[key] = (price, size)
 
 
 class OrderBook:
     """One symbol's L2 book. Not thread-safe; one owner (its BookSync).
+
+    Each side is a dict from key to level plus the list of its keys in
+    ascending order, kept sorted with :mod:`bisect`: an insert or a delete is
+    one C call and a short memory move (books hold hundreds to a few thousand
+    levels), where a sorted container written in Python costs a few method
+    calls per level. Keys are ``-price`` for bids and ``price`` for asks, so
+    that position 0 is always the best level and "100.0" and "100.00" are the
+    same level. A float is exact enough as a key: every exchange decimal
+    string with up to 15 significant digits maps to a distinct float.
 
     ``bid_version`` and ``ask_version`` change whenever their side may have
     changed, and ``checksum_memo`` is free for the exchange's checksum rules:
@@ -183,29 +197,34 @@ class OrderBook:
     touched since it was last computed (a Kraken frame touches one side).
     """
 
-    __slots__ = ("_bids", "_asks", "bid_version", "ask_version", "checksum_memo")
+    __slots__ = ("_bids", "_asks", "_bid_keys", "_ask_keys", "bid_version", "ask_version", "checksum_memo")
 
     def __init__(self) -> None:
-        # Bids keyed by -price so that both sides iterate best first.
-        self._bids: SortedDict = SortedDict()
-        self._asks: SortedDict = SortedDict()
+        self._bids: dict[float, RawLevel] = {}
+        self._asks: dict[float, RawLevel] = {}
+        self._bid_keys: list[float] = []
+        self._ask_keys: list[float] = []
         self.bid_version = 0
         self.ask_version = 0
         #: What the checksum rules kept of their last computation (see the class docstring).
         self.checksum_memo: object = None
 
-    def _touch(self, side: Side) -> None:
+    def _side(self, side: Side) -> tuple[dict[float, RawLevel], list[float]]:
+        """A side's levels by key and its sorted keys, to read."""
+        if side == "bid":
+            return self._bids, self._bid_keys
+        if side == "ask":
+            return self._asks, self._ask_keys
+        raise ValueError(f"side must be 'bid' or 'ask', got {side!r}")
+
+    def _changing(self, side: Side) -> tuple[dict[float, RawLevel], list[float]]:
+        """:meth:`_side`, to change: counts the side as changed."""
+        levels = self._side(side)
         if side == "bid":
             self.bid_version += 1
         else:
             self.ask_version += 1
-
-    def _side(self, side: Side) -> SortedDict:
-        if side == "bid":
-            return self._bids
-        if side == "ask":
-            return self._asks
-        raise ValueError(f"side must be 'bid' or 'ask', got {side!r}")
+        return levels
 
     # -- updates -------------------------------------------------------------
     def apply(self, side: Side, price: str, size: str) -> None:
@@ -214,8 +233,8 @@ class OrderBook:
         Raises :class:`~streamer.errors.InvalidValueError` for NaN, infinite,
         negative or non-numeric values; the book is unchanged then.
         """
-        _apply_one_by_one(self._side(side), ((price, size),), side == "bid")
-        self._touch(side)
+        levels_by_key, keys = self._changing(side)
+        _apply_one_by_one(levels_by_key, keys, ((price, size),), side == "bid")
 
     def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
         """Apply many ``(price, size)`` pairs of one side, in order.
@@ -227,89 +246,78 @@ class OrderBook:
         hold part of the list (:class:`~streamer.book.sync.BookSync` drops the
         book and resyncs).
         """
-        book = self._side(side)
-        bid = side == "bid"
         if type(levels) is list and not levels:
             return  # nothing to apply: the side (and its version) stays as it is
-        # Touched before applying: a level that fails half way has changed the side too.
-        self._touch(side)
-        if not book:
-            # An empty side (a snapshot after clear()): collect the levels in a
-            # plain dict and sort them once, instead of one sorted insert each.
-            target: dict[float, RawLevel] = {}
-        else:
-            target = book
-        if type(levels) is list and len(levels) >= _COLUMN_CHECKS_FROM:
-            _apply_columns(target, levels, bid)
-        else:
-            _apply_one_by_one(target, levels, bid)
-        if target is not book and target:
-            book.update(target)
+        # Counted as changed before applying: a level that fails half way has changed the side too.
+        levels_by_key, keys = self._changing(side)
+        bid = side == "bid"
+        long_list = type(levels) is list and len(levels) >= _COLUMN_CHECKS_FROM
+        apply = _apply_columns if long_list else _apply_one_by_one
+        if levels_by_key:
+            apply(levels_by_key, keys, levels, bid)
+            return
+        # An empty side (a snapshot after clear()): collect the levels and sort
+        # the keys once, instead of one sorted insert each.
+        collected: dict[float, RawLevel] = {}
+        apply(collected, None, levels, bid)
+        levels_by_key.update(collected)
+        keys[:] = sorted(collected)
 
     def clear(self) -> None:
-        self._bids.clear()
-        self._asks.clear()
-        self.bid_version += 1
-        self.ask_version += 1
+        for side in ("bid", "ask"):
+            levels_by_key, keys = self._changing(side)
+            levels_by_key.clear()
+            keys.clear()
 
     def truncate(self, depth: int) -> list[tuple[Side, RawLevel]]:
-        """Keep the best ``depth`` levels per side; returns the removed levels."""
+        """Keep the best ``depth`` levels per side; returns the removed levels, worst first."""
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
         removed: list[tuple[Side, RawLevel]] = []
-        for side, levels in (("bid", self._bids), ("ask", self._asks)):
-            if len(levels) > depth:
-                self._touch(side)
-            while len(levels) > depth:
-                removed.append((side, levels.popitem(-1)[1]))
+        for side, keys in (("bid", self._bid_keys), ("ask", self._ask_keys)):
+            if len(keys) > depth:
+                pop = self._changing(side)[0].pop
+                removed += [(side, pop(key)) for key in reversed(keys[depth:])]
+                del keys[depth:]
         return removed
 
     # -- reads ---------------------------------------------------------------
     def best_bid(self) -> RawLevel | None:
-        return self._bids.peekitem(0)[1] if self._bids else None
+        return self._bids[self._bid_keys[0]] if self._bid_keys else None
 
     def best_ask(self) -> RawLevel | None:
-        return self._asks.peekitem(0)[1] if self._asks else None
+        return self._asks[self._ask_keys[0]] if self._ask_keys else None
 
     def top(self, side: Side, n: int) -> list[RawLevel]:
         """The best ``n`` levels of one side, best first."""
         if n <= 0:
             return []
-        levels = self._side(side)
-        # Checksums read the top levels after every frame. sortedcontainers keeps
-        # the sorted keys in sublists (``SortedList._lists``, its layout since
-        # 2.0); the best ``n`` are nearly always in the first one, and slicing
-        # it directly is twice as fast as the public positional slice.
-        sublists = levels._list._lists
-        if sublists and len(sublists[0]) >= n:
-            return list(map(levels.__getitem__, sublists[0][:n]))
-        return levels.values()[:n]
+        levels_by_key, keys = self._side(side)
+        return list(map(levels_by_key.__getitem__, keys[:n]))
 
     def levels(self, side: Side) -> Iterator[RawLevel]:
-        """Every level of one side, best first."""
-        return iter(self._side(side).values())
+        """Every level of one side, best first, as the side was when called."""
+        levels_by_key, keys = self._side(side)
+        return iter(list(map(levels_by_key.__getitem__, keys)))
 
     def band(self, side: Side, low: float, high: float) -> Iterator[RawLevel]:
-        """Levels of one side with ``low <= price <= high``, best first."""
-        levels = self._side(side)
+        """Levels of one side with ``low <= price <= high``, best first, as the side was when called."""
+        levels_by_key, keys = self._side(side)
         if side == "bid":
-            keys = levels.irange(-high, -low)
-        else:
-            keys = levels.irange(low, high)
-        return (levels[k] for k in keys)
+            low, high = -high, -low
+        selected = keys[bisect_left(keys, low):bisect_right(keys, high)]
+        return iter(list(map(levels_by_key.__getitem__, selected)))
 
     def is_crossed(self) -> bool:
         """True when the best bid is at or above the best ask."""
-        # Checked after every frame: the best keys read straight from the sorted
-        # key sublists (see top), a third of the cost of two peekitem calls.
-        bids, asks = self._bids._list._lists, self._asks._list._lists
-        return bool(bids and asks) and -bids[0][0] >= asks[0][0]
+        bids, asks = self._bid_keys, self._ask_keys
+        return bool(bids and asks) and -bids[0] >= asks[0]
 
     def depth(self, side: Side) -> int:
-        return len(self._side(side))
+        return len(self._side(side)[1])
 
     def __len__(self) -> int:
-        return len(self._bids) + len(self._asks)
+        return len(self._bid_keys) + len(self._ask_keys)
 
     def __repr__(self) -> str:
         return f"OrderBook(bids={len(self._bids)}, asks={len(self._asks)}, best={self.best_bid()}/{self.best_ask()})"
@@ -319,19 +327,19 @@ class OrderBook:
         """Each side's prices and sizes as texts, one level per line.
 
         A STATE record pickles every book of a feed. Pickled as they are, the
-        sorted dicts cost a float, a pair and two strings per level, one object
+        sides cost a float, a pair and two strings per level, one object
         at a time: 250 ms for a thousand books of 300 levels, with the event
         loop stopped. Four texts per book take a seventh of that. Level order
-        does not matter here (the sides are rebuilt sorted), so the plain
-        dict's values are read, not the sorted view.
+        does not matter here (the sides are rebuilt sorted), so the dicts'
+        values are read, not through the sorted keys.
         """
-        bids, asks = dict.values(self._bids), dict.values(self._asks)
+        bids, asks = self._bids.values(), self._asks.values()
         return (_column_text(bids, _first), _column_text(bids, _second),
                 _column_text(asks, _first), _column_text(asks, _second))
 
     def __setstate__(self, state: tuple) -> None:
-        self._bids = SortedDict()
-        self._asks = SortedDict()
+        self._bids, self._asks = {}, {}
+        self._bid_keys, self._ask_keys = [], []
         self.bid_version = self.ask_version = 0
         self.checksum_memo = None
         bid_prices, bid_sizes, ask_prices, ask_sizes = state
@@ -343,8 +351,8 @@ class OrderBook:
                     depth: int | None = None) -> OrderBookSnapshot:
         """A Decimal view of the book (optionally only the best ``depth`` levels per side)."""
 
-        def convert(levels: SortedDict) -> tuple[PriceLevel, ...]:
-            values = levels.values() if depth is None else islice(levels.values(), depth)
+        def convert(side: Side) -> tuple[PriceLevel, ...]:
+            values = self.levels(side) if depth is None else self.top(side, depth)
             return tuple(PriceLevel.from_strings(p, s) for p, s in values)
 
-        return OrderBookSnapshot(exchange, symbol, ts, convert(self._bids), convert(self._asks), sequence)
+        return OrderBookSnapshot(exchange, symbol, ts, convert("bid"), convert("ask"), sequence)

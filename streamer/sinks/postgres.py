@@ -86,14 +86,30 @@ class MicrosTimestamptzDumper(Dumper):
 
     PostgreSQL's binary timestamptz is int64 microseconds since 2000-01-01 UTC,
     so an integer needs one subtraction and one pack.
+
+    Every level row of a frame holds the same two timestamp objects (the
+    frame's receipt and exchange times), and COPY encodes them row after row:
+    the last two integers encoded are kept with their bytes, and found again
+    by identity (an ``int`` is immutable, so the same object is the same value).
     """
 
     format = Format.BINARY
     oid = psycopg.adapters.types["timestamptz"].oid
+    _recent: Any = None
+    _recent_bytes = b""
+    _older: Any = None
+    _older_bytes = b""
 
     def dump(self, obj: Any) -> bytes:
+        if obj is self._recent:
+            return self._recent_bytes
+        if obj is self._older:
+            return self._older_bytes
         if obj.__class__ is int:
-            return _pack_int8(obj - _PG_EPOCH_US)
+            data = _pack_int8(obj - _PG_EPOCH_US)
+            self._older, self._older_bytes = self._recent, self._recent_bytes
+            self._recent, self._recent_bytes = obj, data
+            return data
         if isinstance(obj, datetime):
             if obj.tzinfo is None:
                 raise ValueError(f"naive datetime {obj!r}: timestamps must be timezone-aware")
@@ -160,12 +176,18 @@ async def _write_rows(copy, rows: list[tuple], hint: TurnHint | None = None) -> 
     latency) wait meanwhile. Yielding more often for every batch would cost
     throughput (the COPY ends later and the feed waits for room), so the
     finer step is taken only when the live cache's write is waiting.
+
+    Rows are encoded by the copy's formatter, which is what ``copy.write_row``
+    does, without a coroutine per row (a third of the per-row cost); it hands
+    back a block of encoded rows every 32 KiB or so, which goes out by
+    ``copy.write``. The formatter is not in psycopg's documented API, so
+    without one the rows go through ``copy.write_row``.
     """
-    write_row = copy.write_row
+    formatter = getattr(copy, "formatter", None)
+    write_chunk = _encode_chunk if formatter is not None else _write_chunk
     since_yield = 0
     for start in range(0, len(rows), COPY_CHECK_ROWS):
-        for row in rows[start:start + COPY_CHECK_ROWS]:
-            await write_row(row)
+        await write_chunk(copy, rows[start:start + COPY_CHECK_ROWS])
         since_yield += COPY_CHECK_ROWS
         if hint is not None and now_us() >= hint.due_us:
             hint.release()  # the live cache's write runs at this yield
@@ -173,6 +195,19 @@ async def _write_rows(copy, rows: list[tuple], hint: TurnHint | None = None) -> 
             continue
         await asyncio.sleep(0)
         since_yield = 0
+
+
+async def _encode_chunk(copy, rows: list[tuple]) -> None:
+    encode_row, write = copy.formatter.write_row, copy.write
+    for row in rows:
+        block = encode_row(row)
+        if block:
+            await write(block)
+
+
+async def _write_chunk(copy, rows: list[tuple]) -> None:
+    for row in rows:
+        await copy.write_row(row)
 
 
 class RecoveryInterrupted(SinkError):
