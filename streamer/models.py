@@ -28,6 +28,8 @@ Side = Literal["bid", "ask"]
 TakerSide = Literal["buy", "sell"]
 #: (price, size) exactly as the exchange wrote them.
 RawLevel = tuple[str, str]
+#: The prices and sizes of a side's levels as floats, in the order of the levels.
+LevelValues = tuple[list[float], list[float]]
 
 
 def us_to_datetime(us: int) -> datetime:
@@ -48,6 +50,11 @@ class BookMessage:
     exchange's sequence ids when it sends them: Binance ``u`` and ``U - 1``,
     OKX ``seqId`` and ``prevSeqId``. ``first_seq`` is Binance's ``U``.
     ``checksum`` is the exchange's CRC32 for the book after this message.
+
+    ``level_values`` is set by the book sync when it applies the message: the
+    bids' and asks' prices and sizes as the floats the book converted them
+    to, so that the stored rows need not convert every level again (None
+    when the levels stored are not those applied: see the depth limit).
     """
 
     exchange: str
@@ -62,6 +69,7 @@ class BookMessage:
     prev_seq: int | None = None
     first_seq: int | None = None
     checksum: int | None = None
+    level_values: tuple[LevelValues, LevelValues] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)

@@ -120,6 +120,28 @@ def test_depth_limit_truncates_and_reports_removed_levels_as_deletions():
     assert sync.book.top("bid", 5) == [("10.5", "2"), ("10", "1")]
 
 
+def test_applied_messages_carry_their_levels_floats_and_rows_match_either_way():
+    from streamer.sinks.rows import book_update_rows
+
+    sync = BookSync("test", "BTC-USDT", "BTCUSDT", KrakenSyncRules(2))
+    long_bids = [(f"{100 - i}.{i:02d}", f"0.{i + 1}0") for i in range(15)]  # column-wise in the book
+    snap = msg(long_bids, [("101.5", "2.000")], snapshot=True)
+    delta = msg([("100.5", "1.5")], [("101.5", "0")])
+    for message in (snap, delta):
+        out = sync.on_message(message)
+        (applied,) = out.applied
+        # A truncating limit: the stored levels differ from those applied, so no floats travel.
+        assert applied.level_values is None and applied is not message
+    sync = BookSync("test", "BTC-USDT", "BTCUSDT", SyncRules())
+    for message in (msg(long_bids, [("101.5", "2.000")], snapshot=True), msg([("100.5", "1.5")], [("101.5", "0")])):
+        (applied,) = sync.on_message(message).applied
+        assert applied.level_values == tuple(
+            ([float(p) for p, _ in side], [float(s) for _, s in side]) for side in (applied.bids, applied.asks))
+        stored = book_update_rows(applied)
+        applied.level_values = None
+        assert stored == book_update_rows(applied)  # the same rows as converting every level
+
+
 def test_reset_and_snapshot_failure_report_events():
     sync = BookSync("test", "BTC-USDT", "BTCUSDT", BinanceSyncRules())
     sync.on_message(binance_delta(5, 6))

@@ -19,7 +19,7 @@ from math import inf as _INF, isfinite
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import InvalidValueError, MalformedFrameError
-from ..models import OrderBookSnapshot, PriceLevel, RawLevel, Side
+from ..models import LevelValues, OrderBookSnapshot, PriceLevel, RawLevel, Side
 
 #: A plain non-negative decimal as exchanges write prices and sizes: no sign,
 #: exponent, whitespace, underscores, NaN or infinity, and at most 24 digits on
@@ -130,9 +130,11 @@ def _invalid_level(price: object, size: object) -> InvalidValueError:
     return InvalidValueError(f"price and size must be finite, non-negative decimal strings, got {(price, size)!r}"[:300])
 
 
-def _apply_one_by_one(levels_by_key: dict, keys: list | None, levels: Iterable[RawLevel], bid: bool) -> None:
+def _apply_one_by_one(levels_by_key: dict, keys: list | None, levels: Iterable[RawLevel], bid: bool) -> LevelValues:
     """Apply levels to one side; with ``keys`` None the caller sorts the keys afterwards."""
     pop = levels_by_key.pop
+    prices: list[float] = []
+    sizes: list[float] = []
     for price, size in levels:
         if type(price) is not str or type(size) is not str:
             raise _invalid_level(price, size)
@@ -144,6 +146,8 @@ def _apply_one_by_one(levels_by_key: dict, keys: list | None, levels: Iterable[R
         # Chained comparisons are False for NaN, so NaN fails here too.
         if not (0.0 <= p < _INF and 0.0 <= s < _INF):
             raise _invalid_level(price, size)
+        prices.append(p)
+        sizes.append(s)
         key = -p if bid else p
         if s == 0.0:
             if pop(key, None) is not None and keys is not None:
@@ -152,9 +156,10 @@ def _apply_one_by_one(levels_by_key: dict, keys: list | None, levels: Iterable[R
             if keys is not None and key not in levels_by_key:
                 insort(keys, key)
             levels_by_key[key] = (price, size)
+    return prices, sizes
 
 
-def _apply_columns(levels_by_key: dict, keys: list | None, levels: list, bid: bool) -> None:
+def _apply_columns(levels_by_key: dict, keys: list | None, levels: list, bid: bool) -> LevelValues:
     """_apply_one_by_one for a long list: conversions and checks per column in C."""
     prices, sizes = zip(*levels)  # ValueError/TypeError unless every level is a pair
     if set(map(type, prices)) != _STR_ONLY or set(map(type, sizes)) != _STR_ONLY:
@@ -177,6 +182,7 @@ def _apply_columns(levels_by_key: dict, keys: list | None, levels: list, bid: bo
             if keys is not None and key not in levels_by_key:
                 insort(keys, key)
             levels_by_key[key] = (price, size)
+    return p_values, s_values
 
 
 class OrderBook:
@@ -236,8 +242,9 @@ class OrderBook:
         levels_by_key, keys = self._changing(side)
         _apply_one_by_one(levels_by_key, keys, ((price, size),), side == "bid")
 
-    def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> None:
-        """Apply many ``(price, size)`` pairs of one side, in order.
+    def apply_levels(self, side: Side, levels: Iterable[RawLevel]) -> LevelValues:
+        """Apply many ``(price, size)`` pairs of one side, in order; returns their
+        prices and sizes as the floats the book converted them to.
 
         This runs for every level of every frame: the checks of :meth:`apply`
         are inlined, and a long list is converted and checked per column. A
@@ -247,21 +254,21 @@ class OrderBook:
         book and resyncs).
         """
         if type(levels) is list and not levels:
-            return  # nothing to apply: the side (and its version) stays as it is
+            return [], []  # nothing to apply: the side (and its version) stays as it is
         # Counted as changed before applying: a level that fails half way has changed the side too.
         levels_by_key, keys = self._changing(side)
         bid = side == "bid"
         long_list = type(levels) is list and len(levels) >= _COLUMN_CHECKS_FROM
         apply = _apply_columns if long_list else _apply_one_by_one
         if levels_by_key:
-            apply(levels_by_key, keys, levels, bid)
-            return
+            return apply(levels_by_key, keys, levels, bid)
         # An empty side (a snapshot after clear()): collect the levels and sort
         # the keys once, instead of one sorted insert each.
         collected: dict[float, RawLevel] = {}
-        apply(collected, None, levels, bid)
+        values = apply(collected, None, levels, bid)
         levels_by_key.update(collected)
         keys[:] = sorted(collected)
+        return values
 
     def clear(self) -> None:
         for side in ("bid", "ask"):

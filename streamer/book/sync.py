@@ -335,8 +335,7 @@ class BookSync:
         """Apply a message's levels (and the depth limit); record it in ``out.applied``."""
         book = self.book
         try:
-            book.apply_levels("bid", msg.bids)
-            book.apply_levels("ask", msg.asks)
+            values = book.apply_levels("bid", msg.bids), book.apply_levels("ask", msg.asks)
         except (InvalidValueError, TypeError, ValueError) as exc:
             # Mappers validate levels, so this is a producer bug; the book is
             # half-updated and cannot be trusted.
@@ -348,6 +347,8 @@ class BookSync:
             removed = book.truncate(depth)
             if removed:
                 msg = _with_truncation(msg, removed)
+                values = None  # the levels stored are not those applied: the rows convert them
+        msg.level_values = values
         self.applied_messages += 1
         out.applied.append(msg)
         return True

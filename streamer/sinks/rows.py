@@ -24,14 +24,26 @@ ASK = "ask"
 
 
 def book_update_rows(msg: BookMessage) -> list[tuple]:
-    """One ``book_updates`` row per level of the frame: bids first, then asks."""
+    """One ``book_updates`` row per level of the frame: bids first, then asks.
+
+    A message the book sync applied carries its levels' floats
+    (``level_values``, converted once by the book); others are converted here.
+    """
     # Every field a local: a third faster than unpacking a shared head tuple per row.
     local_ts, exchange_ts, exchange, symbol = msg.local_ts, msg.exchange_ts, msg.exchange, msg.symbol
     snapshot, seq, prev_seq = msg.is_snapshot, msg.seq, msg.prev_seq
-    rows = [(local_ts, exchange_ts, exchange, symbol, BID, float(p), float(s), snapshot, seq, prev_seq)
-            for p, s in msg.bids]
-    rows += [(local_ts, exchange_ts, exchange, symbol, ASK, float(p), float(s), snapshot, seq, prev_seq)
-             for p, s in msg.asks]
+    values = msg.level_values
+    if values is None:
+        rows = [(local_ts, exchange_ts, exchange, symbol, BID, float(p), float(s), snapshot, seq, prev_seq)
+                for p, s in msg.bids]
+        rows += [(local_ts, exchange_ts, exchange, symbol, ASK, float(p), float(s), snapshot, seq, prev_seq)
+                 for p, s in msg.asks]
+        return rows
+    (bid_prices, bid_sizes), (ask_prices, ask_sizes) = values
+    rows = [(local_ts, exchange_ts, exchange, symbol, BID, p, s, snapshot, seq, prev_seq)
+            for p, s in zip(bid_prices, bid_sizes)]
+    rows += [(local_ts, exchange_ts, exchange, symbol, ASK, p, s, snapshot, seq, prev_seq)
+             for p, s in zip(ask_prices, ask_sizes)]
     return rows
 
 
