@@ -52,6 +52,7 @@ def _positive(value: str) -> float:
 BENCH_SUITES: dict[str, str] = {
     "pipeline": "streamer.bench.pipeline",
     "peer": "streamer.bench.peer.suite",
+    "receive": "streamer.bench.receive",
     "streamer": "streamer.bench.e2e.suite",
 }
 
