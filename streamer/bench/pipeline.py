@@ -70,7 +70,7 @@ from coby_pipeline.lib.price_buckets import (
 from coby_pipeline.lib.quality import quality_scores
 from streamer.config import DEFAULT_BUCKET_SIZES
 
-from .e2e.figures import figure
+from .e2e.figures import figure, figure_line, write_results
 from .pipeline_data import HourShape, feed_events, synthetic_hour
 
 SUITE = "pipeline"
@@ -449,8 +449,6 @@ def main(args) -> int:
     """
     import sys
 
-    import orjson
-
     quick = bool(getattr(args, "quick", False))
     given_rows = getattr(args, "rows", None)
     rows = given_rows if given_rows is not None else (QUICK_ROWS if quick else DEFAULT_ROWS)
@@ -469,14 +467,7 @@ def main(args) -> int:
     except ValueError as exc:  # --runs or --rows out of range: say so, no traceback
         print(f"coby bench pipeline: {exc}", file=sys.stderr)
         return 2
-    results = Path(getattr(args, "results", None) or "bench/results")
-    results.mkdir(parents=True, exist_ok=True)
-    lines = [orjson.dumps(item).decode() for item in figures]
-    (results / f"{SUITE}{'.quick' if quick else ''}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    for item, line in zip(figures, lines):
-        if getattr(args, "json", False):
-            print(line)
-        else:
-            print(f"{item['name']:<40} {item['median']:>14,.2f} {item['unit']:<9} "
-                  f"(min {item['min']:,.2f}, max {item['max']:,.2f}, {item['runs']} runs)")
+    write_results(figures, getattr(args, "results", None), SUITE, quick)
+    for item in figures:
+        print(figure_line(item, bool(getattr(args, "json", False))))
     return 0

@@ -20,16 +20,13 @@ CPU time per frame from the first frame to the last:
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import orjson
-
 from ..capture.reader import load_capture, payload
-from .e2e.figures import figure
+from .e2e.figures import figure, figure_line, write_results
 from .e2e.suite import captures_dir
 
 SUITE = "receive"
@@ -156,16 +153,9 @@ def main(args) -> int:
     frames = QUICK_FRAMES if quick else FRAMES
     command = "coby bench receive --json" + (" --quick" if quick else "") + (f" --runs {runs}" if runs != 5 else "")
     figures = run(runs, frames, command)
-    results = Path(getattr(args, "results", None) or "bench/results")
-    results.mkdir(parents=True, exist_ok=True)
-    lines = [orjson.dumps(item).decode() for item in figures]
-    (results / f"{SUITE}{'.quick' if quick else ''}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    for item, line in zip(figures, lines):
-        if getattr(args, "json", False):
-            print(line)
-        else:
-            print(f"{item['name']:<52} {item['median']:>10,.2f} {item['unit']:<3} "
-                  f"(min {item['min']:,.2f}, max {item['max']:,.2f}, {item['runs']} runs)")
+    write_results(figures, getattr(args, "results", None), SUITE, quick)
+    for item in figures:
+        print(figure_line(item, bool(getattr(args, "json", False))))
     return 0
 
 

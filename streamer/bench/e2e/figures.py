@@ -16,7 +16,10 @@ import platform
 import statistics
 from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable
+
+import orjson
 
 
 @lru_cache(maxsize=1)
@@ -63,3 +66,24 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     rank = min(len(sorted_values) - 1, max(0, int(q * len(sorted_values) + 0.999999) - 1))
     return sorted_values[rank]
+
+
+def figure_line(item: dict[str, Any], as_json: bool) -> str:
+    """How a suite prints one figure: its JSON object (``--json``), or a line for people."""
+    if as_json:
+        return orjson.dumps(item).decode()
+    return (f"{item['name']:<58} {item['median']:>14,.2f} {item['unit']:<9} "
+            f"(min {item['min']:,.2f}, max {item['max']:,.2f}, {item['runs']} runs)")
+
+
+def write_results(figures: list[dict[str, Any]], results: str | Path | None, suite: str, quick: bool) -> Path:
+    """The figures as ``{results}/{suite}.jsonl``, one object a line (default folder ``bench/results``).
+
+    A quick run writes ``{suite}.quick.jsonl``, so a quick check never
+    replaces the recorded figures.
+    """
+    folder = Path(results or "bench/results")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{suite}{'.quick' if quick else ''}.jsonl"
+    path.write_text("".join(orjson.dumps(item).decode() + "\n" for item in figures), encoding="utf-8")
+    return path

@@ -52,7 +52,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
 import psycopg
 import redis
 from psycopg import sql
@@ -63,7 +62,7 @@ from ...config import Settings, load_settings
 from ...errors import ConfigError
 from ...embedded import ensure_database, export_env
 from ...services import running_services
-from ..e2e.figures import figure
+from ..e2e.figures import figure, figure_line, write_results
 from ..e2e.floors import processor_rate
 from ..e2e.suite import Harness, captures_dir, last_json, serving
 from .frames import write_looped_capture
@@ -393,17 +392,10 @@ def main(args) -> int:
     as_json = bool(getattr(args, "json", False))
 
     def emit(item: dict) -> None:
-        if as_json:
-            print(orjson.dumps(item).decode(), flush=True)
-        else:
-            print(f"{item['name']:<58} {item['median']:>12,.2f} {item['unit']:<9} "
-                  f"(min {item['min']:,.2f}, max {item['max']:,.2f}, {item['runs']} runs)", flush=True)
+        print(figure_line(item, as_json), flush=True)
 
     figures = run_suite(runs=runs, quick=quick, command=command, emit=emit)
-    results = Path(getattr(args, "results", None) or "bench/results")
-    results.mkdir(parents=True, exist_ok=True)
-    lines = [orjson.dumps(item).decode() for item in figures]
-    (results / f"{SUITE}{'.quick' if quick else ''}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_results(figures, getattr(args, "results", None), SUITE, quick)
     if figures:
         medians = {f["name"]: f["median"] for f in figures}
         log.info("peer: %d figures; ratios %s", len(figures),
