@@ -126,3 +126,21 @@ async def test_a_slow_consumer_stops_reading_the_socket_and_loses_nothing():
     assert frames == [f'{{"i": {i}}}' for i in range(count)]
     assert queues and queues[0].pauses >= 1
     assert not queues[0].paused or len(queues[0].frames) > 0
+
+
+async def test_a_close_frame_without_a_code_is_reported_and_answered_with_a_sendable_one():
+    from websockets.frames import Frame, Opcode
+
+    answers = []
+
+    async def handler(ws):
+        await ws.send('"last"')
+        async with ws.send_context():
+            ws.protocol.send_frame(Frame(Opcode.CLOSE, b""))  # a close frame may carry no status code
+        await ws.wait_closed()
+        answers.append(ws.protocol.close_rcvd)
+
+    frames, reasons, _, _ = await _read(handler)
+    assert frames == ['"last"']
+    assert reasons == ["closed: 1005"]  # "no status received": reported, never sent back
+    assert answers and answers[0] is not None and answers[0].code == 1000

@@ -150,6 +150,9 @@ RESUME_QUEUED_FRAMES = 64
 _CLOSE_TOO_BIG = WSCloseCode.MESSAGE_TOO_BIG
 _CLOSE_PROTOCOL = WSCloseCode.PROTOCOL_ERROR
 _CLOSE_BAD_DATA = WSCloseCode.INVALID_TEXT
+#: Reserved close codes that must never be sent (RFC 6455, 7.4.1): 1004, no status (1005),
+#: abnormal closure (1006), TLS failure (1015).
+_NOT_SENDABLE = frozenset({1004, 1005, 1006, 1015})
 
 
 class _FrameQueue(picows.WSListener):
@@ -171,8 +174,9 @@ class _FrameQueue(picows.WSListener):
         self.pauses = 0
         #: Close code of the exchange's close frame, if one came.
         self.peer_close_code: int | None = None
-        #: Why this side closed the connection (a message too big, invalid UTF-8).
+        #: Why this side closed the connection (a message too big, invalid UTF-8), and the code it sent.
         self.error: str | None = None
+        self.error_code: WSCloseCode | None = None
         self._waiter: asyncio.Future[None] | None = None
         #: A fragmented message being assembled: its parts, whether it is text, its size.
         self._parts: list[bytes] | None = None
@@ -210,8 +214,12 @@ class _FrameQueue(picows.WSListener):
             self._continue(frame)
         elif kind == WSMsgType.CLOSE:
             code = frame.get_close_code()
-            self.peer_close_code = int(code) if code is not None else None
-            transport.send_close(code if code is not None else WSCloseCode.OK)
+            number = int(code) if code is not None else 0
+            # A close frame may carry no code (picows reads 0): RFC 6455 reports that as 1005.
+            self.peer_close_code = number or 1005
+            # Echo the peer's code unless it is one that must never be sent.
+            echo = code if 1000 <= number < 5000 and number not in _NOT_SENDABLE else WSCloseCode.OK
+            transport.send_close(echo)
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
@@ -243,8 +251,7 @@ class _FrameQueue(picows.WSListener):
             self.paused = True
             self.pauses += 1
             self.transport.underlying_transport.pause_reading()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
 
     def _continue(self, frame: picows.WSFrame) -> None:
         if self.error is not None:
@@ -271,7 +278,7 @@ class _FrameQueue(picows.WSListener):
             self._fail(_CLOSE_BAD_DATA, "invalid UTF-8 in a text message")
 
     def _fail(self, code: WSCloseCode, reason: str) -> None:
-        self.error = reason
+        self.error, self.error_code = reason, code
         self._parts = None
         if self.transport is not None:
             self.transport.send_close(code, reason.encode()[:120])
@@ -285,7 +292,7 @@ class _FrameQueue(picows.WSListener):
 def _close_reason(queue: _FrameQueue, error: BaseException | None) -> str:
     """The disconnect reason once a connection's queue is drained."""
     too_big = isinstance(error, picows.WSProtocolError) and error.code == _CLOSE_TOO_BIG
-    if too_big or (queue.error is not None and queue.error.startswith("message over")):
+    if too_big or queue.error_code == _CLOSE_TOO_BIG:
         return "closed: frame too big"
     if queue.error is not None:
         return f"closed: {queue.error}"
