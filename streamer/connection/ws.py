@@ -251,7 +251,9 @@ class _FrameQueue(picows.WSListener):
             self.paused = True
             self.pauses += 1
             self.transport.underlying_transport.pause_reading()
-        self._wake()
+        waiter = self._waiter  # _wake(), inlined: this runs once per frame
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _continue(self, frame: picows.WSFrame) -> None:
         if self.error is not None:
