@@ -322,9 +322,9 @@ def restrict_socket(server) -> None:
     os.chmod(Path(info.socket_dir) / f".s.PGSQL.{port}", SOCKET_MODE)
     url = make_conninfo(host=str(info.socket_dir), port=port, user="postgres", dbname="postgres")
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        mode = conn.execute("SHOW unix_socket_permissions").fetchone()[0]
-        if int(mode, 8) != SOCKET_MODE:
-            conn.execute(sql.SQL("ALTER SYSTEM SET unix_socket_permissions = {}").format(sql.Literal(f"{SOCKET_MODE:04o}")))
+        # Unconditional: SHOW would report the running value (0777) until a restart, so a
+        # check could not tell whether the setting is already on file; writing it again is harmless.
+        conn.execute(sql.SQL("ALTER SYSTEM SET unix_socket_permissions = {}").format(sql.Literal(f"{SOCKET_MODE:04o}")))
 
 
 def ensure_database(settings: Settings) -> None:

@@ -76,6 +76,7 @@ class _Clock:
         self.frames = frames
         self.count = 0
         self.cpu0 = 0.0
+        self.cpu = 0.0  # set when the last frame arrives
         self.done = asyncio.Event()
 
     async def on_frame(self, frame, ts) -> None:
