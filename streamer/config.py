@@ -209,9 +209,11 @@ class Settings:
     partitions_ahead_days: int = 2
     trade_stream_maxlen: int = 10_000
     #: Milliseconds a changed book waits for further changes before the live
-    #: cache writes it (lower: fresher Redis; higher: less CPU per frame; 0:
-    #: written as soon as the frames already received are processed).
-    redis_coalesce_ms: float = 1.0
+    #: cache writes it. 0 (the default): written as soon as the frames already
+    #: received are processed, one write at a time, each carrying the changes
+    #: made while the one before it was on the wire; a delay makes fewer,
+    #: larger writes (less CPU per frame) and adds itself to every write.
+    redis_coalesce_ms: float = 0.0
     #: Seconds without any frame after which a connection counts as stalled and reconnects.
     stall_timeout: float = 30.0
     #: Frames larger than this many bytes are quarantined (the connection stays up).
@@ -394,7 +396,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_days=_int(env, "COBY_RETENTION_DAYS", 30),
         partitions_ahead_days=_int(env, "COBY_PARTITIONS_AHEAD_DAYS", 2, minimum=0),
         trade_stream_maxlen=_int(env, "COBY_TRADE_STREAM_MAXLEN", 10_000, minimum=10),
-        redis_coalesce_ms=_float(env, "COBY_REDIS_COALESCE_MS", 1.0, minimum=0.0, inclusive=True),
+        redis_coalesce_ms=_float(env, "COBY_REDIS_COALESCE_MS", 0.0, minimum=0.0, inclusive=True),
         stall_timeout=_float(env, "COBY_STALL_TIMEOUT", 30.0),
         max_frame_bytes=_int(env, "COBY_MAX_FRAME_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024),
         captures_dir=Path(_get(env, "COBY_CAPTURES_DIR") or "../shared/fixtures/captures"),

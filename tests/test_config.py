@@ -176,7 +176,7 @@ def test_redis_coalesce_delay_accepts_zero_and_refuses_negative_values():
 
     assert load_settings({"COBY_REDIS_COALESCE_MS": "0"}).redis_coalesce_ms == 0.0
     assert load_settings({"COBY_REDIS_COALESCE_MS": "2.5"}).redis_coalesce_ms == 2.5
-    assert load_settings({}).redis_coalesce_ms == 1.0
+    assert load_settings({}).redis_coalesce_ms == 0.0
     for bad in ("-1", "nan", "soon"):
         with pytest.raises(ConfigError, match="COBY_REDIS_COALESCE_MS"):
             load_settings({"COBY_REDIS_COALESCE_MS": bad})
