@@ -104,6 +104,31 @@ async def test_a_change_wakes_the_flusher_without_waiting_for_the_timer(settings
         assert book["seq"] == 7
 
 
+async def test_by_default_changes_made_during_a_write_join_the_next_one(settings, redis_client):
+    # No coalescing delay: a change is due at once, the flusher writes as soon as
+    # the publisher yields, and what changes while that write is on the wire
+    # goes out in the next one (never a write per change, never a timer).
+    keys = RedisKeys(settings.redis.prefix)
+    async with _sink(settings, flush_interval=3600) as sink:
+        assert sink.coalesce_delay == 0.0
+        await asyncio.sleep(0.05)  # the start-up write is done
+        before = sink.flushes
+        _publish(sink, 0)
+        assert sink.due_us == T0  # due at its own receipt time
+        for seq in range(1, 200):
+            await asyncio.sleep(0)  # one turn of the event loop per change
+            _publish(sink, seq)
+
+        def latest_seq() -> int | None:
+            book = redis_client.get(keys.book("binance", "BTC-USDT"))
+            return None if book is None else orjson.loads(book)["seq"]
+
+        await _wait_for(lambda: latest_seq() == 199 and sink.due_us == NEVER)
+        writes = sink.flushes - before
+        assert 2 <= writes < 200
+        assert sink.book_publishes == 200
+
+
 async def test_due_time_is_the_first_change_plus_the_coalescing_delay_until_written(settings, redis_client):
     # The feed's receive loop reads due_us to give the flusher its turn on time.
     async with _sink(settings, flush_interval=3600, coalesce_delay=0.002) as sink:
