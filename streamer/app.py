@@ -76,7 +76,7 @@ class Streamer:
         self.feed_configs = feeds
         self.record_dir = record_dir
         self.pg = PostgresSink(settings)
-        self.redis = RedisSink(settings, coalesce_delay=settings.redis_coalesce_ms / 1000)
+        self.redis = RedisSink(settings)  # coalescing as configured (COBY_REDIS_COALESCE_MS)
         self.pg.turn_hint = self.redis  # a long COPY lets the live cache's write through when it is due
         self.outputs = Outputs(self.pg, self.redis, redis_depth=settings.heatmap_depth)
         self.feeds: list[ExchangeFeed] = []

@@ -127,6 +127,8 @@ async def test_by_default_changes_made_during_a_write_join_the_next_one(settings
         writes = sink.flushes - before
         assert 2 <= writes < 200
         assert sink.book_publishes == 200
+    # The delay is the configured one unless given: COBY_REDIS_COALESCE_MS, in ms.
+    assert _sink(replace(settings, redis_coalesce_ms=2.5)).coalesce_delay == 0.0025
 
 
 async def test_due_time_is_the_first_change_plus_the_coalescing_delay_until_written(settings, redis_client):

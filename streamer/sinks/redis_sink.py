@@ -8,18 +8,19 @@ so a book that changes many times costs one read), and
 :meth:`RedisSink.publish_book` records given levels. A background flush writes
 each dirty book once, in one pipeline with the pending trades and statuses.
 The first change after a flush wakes the flusher, which waits
-``coalesce_delay`` for more changes to gather and then writes. By default
-(0) it waits only for the frames already received to be processed: one write
-is on the wire at a time, and the next carries every change made meanwhile,
-so a book is visible in Redis about a millisecond after its frame arrived,
-and a symbol that changes 200 times within one write costs one ``SET`` +
-``SADD`` + ``PUBLISH``, not 200. Under load the writes run back to back and
-each carries more books (a delay makes them fewer and larger still, for less
-CPU per frame, and adds itself to every write). :attr:`RedisSink.due_us` says when the
-pending write falls due, so a feed working through queued frames yields the
-event loop to the flusher then (``turn_hint`` in :mod:`streamer.connection.ws`)
-rather than at the end of a fixed turn, and wakes it (:meth:`RedisSink.release`)
-so that it runs before the feed's next turn. Without changes the flusher wakes every
+``coalesce_delay`` (``COBY_REDIS_COALESCE_MS``) for more changes to gather
+and then writes. By default (0) it waits only for the frames already
+received to be processed: one write is on the wire at a time, and the next
+carries every change made meanwhile, so a book is visible in Redis about a
+millisecond after its frame arrived, and a symbol that changes 200 times
+within one write costs one ``SET`` + ``SADD`` + ``PUBLISH``, not 200. Under
+load the writes run back to back and each carries more books (a delay makes
+them fewer and larger still, for less CPU per frame, and adds itself to
+every write). :attr:`RedisSink.due_us` says when the pending write falls
+due, so a feed working through queued frames yields the event loop to the
+flusher then (``turn_hint`` in :mod:`streamer.connection.ws`) rather than at
+the end of a fixed turn, and wakes it (:meth:`RedisSink.release`) so that it
+runs before the feed's next turn. Without changes the flusher wakes every
 ``flush_interval`` seconds to check Redis's health.
 
 Redis is a cache, PostgreSQL the system of record, so Redis trouble never
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: ``due_us`` when nothing waits to be written.
 NEVER = 1 << 62
+#: ``coalesce_delay``'s default: the configured ``COBY_REDIS_COALESCE_MS``.
+FROM_SETTINGS: Any = object()
 
 BookKey = tuple[str, str]  # (exchange, symbol)
 
@@ -119,7 +122,7 @@ class RedisSink:
         settings: Settings,
         *,
         flush_interval: float = 0.05,
-        coalesce_delay: float | None = 0.0,
+        coalesce_delay: float | None = FROM_SETTINGS,
         pending_trades_per_stream: int | None = None,
         reconnect_base_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
@@ -131,7 +134,7 @@ class RedisSink:
         self.flush_interval = flush_interval
         #: Seconds a change waits for others to join its write; None: no wake-up
         #: on changes, only the ``flush_interval`` timer (and :meth:`flush`).
-        self.coalesce_delay = coalesce_delay
+        self.coalesce_delay = settings.redis_coalesce_ms / 1000 if coalesce_delay is FROM_SETTINGS else coalesce_delay
         self.pending_trades_per_stream = pending_trades_per_stream or settings.trade_stream_maxlen
         self.stream_maxlen = settings.trade_stream_maxlen
         self.reconnect_base_delay = reconnect_base_delay
