@@ -136,6 +136,21 @@ def test_narrow_buckets_and_odd_sizes_give_the_same_table(hour):
     )
 
 
+def test_cell_keys_wider_than_32_bits_give_the_same_table(hour):
+    """Keys are held as UInt32 when the hour's cells fit, else Int64: both give the table."""
+    snapshots, trades, sizes = hour
+    profile = HourProfile.scan(snapshots, trades)
+    assert _Grid.fit(profile, sizes).cell_type == pl.UInt32
+    # Buckets of a ten-thousandth: millions of buckets per symbol, cells past 2**32.
+    tiny = {symbol: Decimal("0.0001") for symbol in sizes}
+    grid = _Grid.fit(profile, tiny)
+    assert grid is not None and grid.cell_type == pl.Int64
+    assert_same_table(
+        price_buckets_query(snapshots, trades, tiny).collect(),
+        price_buckets_by_columns(snapshots, trades, tiny).collect(),
+    )
+
+
 def test_last_snapshot_of_the_second_edges_and_trades_by_hand():
     sizes = {"SOL-USDT": Decimal("0.05"), "BTC-USDT": Decimal("10")}
     snapshots = snapshots_of(

@@ -15,10 +15,10 @@ How it is computed (:func:`price_buckets_query`): a cheap scan first
 the hour), then one lazy Polars query over the replay Parquet in which every
 row gets integer keys instead of strings and floats: exchange and symbol
 become small codes, the bucket an integer index, and (second, book, bucket)
-one 64-bit number whose order is the table's order. Grouping, joining and
-sorting on one integer column is several times cheaper than on five columns
-of timestamps, strings and floats; the strings and the float bucket edges
-are only made for the output rows. Data the keys cannot represent exactly
+one integer whose order is the table's order (32 bits when the hour's cells
+fit, else 64). Grouping, joining and sorting on one integer column is several
+times cheaper than on five columns of timestamps, strings and floats; the
+strings and the float bucket edges are only made for the output rows. Data the keys cannot represent exactly
 (a non-finite or missing price, a missing time or name, a symbol without a
 size, times other than µs UTC, a span too wide for 64 bits) takes the query
 over the columns themselves (:func:`price_buckets_by_columns`), which
@@ -319,7 +319,7 @@ def _median_mids(per_snapshot: pl.LazyFrame) -> pl.LazyFrame:
 class _Grid:
     """How a row becomes integers, and back.
 
-    - book: ``exchange_code * len(symbols) + symbol_code``, codes in sorted name
+    - book: ``exchange_code * symbol_slots + symbol_code``, codes in sorted name
       order, so book order is (exchange, symbol) order;
     - bucket: ``bucket_index - low[symbol]``, in ``[0, width)``; edges increase
       with the index, so bucket order is price_bucket order;
@@ -330,12 +330,19 @@ class _Grid:
       row, ordered as (ts_second, exchange, symbol, bucket_size, price_bucket).
 
     Every part is below its multiplier, so the keys are exact and distinct.
+    Cell keys are held as UInt32 when the hour's cells fit (``cell_type``):
+    sorting the output by a 32-bit key is about a third cheaper. The multipliers (``symbol_slots``, ``books``, ``width``) are powers of two:
+    taking a key apart is then a shift and a mask, where a division by any
+    other number costs several times more per row.
     """
 
     exchanges: list[str]
     symbols: list[str]
     origin_us: int
     width: int
+    symbol_slots: int
+    books: int
+    cell_type: pl.DataType
     low: pl.Series
     num: pl.Series
     den: pl.Series
@@ -353,7 +360,7 @@ class _Grid:
             return None
         prices = table.group_by("symbol").agg(pl.col("low").min(), pl.col("high").max())
         ranges = {symbol: (low, high) for symbol, low, high in prices.iter_rows()}
-        lows, nums, dens, width = [], [], [], 1
+        lows, nums, dens, indexes_wide = [], [], [], 1
         for symbol in symbols:
             num, den = Decimal(sizes[symbol]).as_integer_ratio()
             indexes = _index_range(*ranges[symbol], num, den)
@@ -362,36 +369,48 @@ class _Grid:
             lows.append(float(indexes[0]))
             nums.append(float(num))
             dens.append(float(den))
-            width = max(width, indexes[1] - indexes[0] + 1)
+            indexes_wide = max(indexes_wide, indexes[1] - indexes[0] + 1)
+        symbol_slots = _power_of_two_at_least(len(symbols))
+        books = _power_of_two_at_least(len(exchanges)) * symbol_slots
+        width = _power_of_two_at_least(indexes_wide)
         origin_us = table["first_us"].min() // _US_PER_SECOND * _US_PER_SECOND
         micros = table["last_us"].max() - origin_us + 1
-        if micros * len(exchanges) * len(symbols) * width >= _KEY_SPAN_LIMIT:
+        if micros * books * width >= _KEY_SPAN_LIMIT:
             return None
+        cells = ((micros - 1) // _US_PER_SECOND + 1) * books * width
+        cell_type = pl.UInt32 if cells <= 2**32 else pl.Int64
         return cls(
             exchanges=exchanges,
             symbols=symbols,
             origin_us=origin_us,
             width=width,
+            symbol_slots=symbol_slots,
+            books=books,
+            cell_type=cell_type,
             low=pl.Series(lows, dtype=pl.Float64),
             num=pl.Series(nums, dtype=pl.Float64),
             den=pl.Series(dens, dtype=pl.Float64),
             size=pl.Series([float(sizes[symbol]) for symbol in symbols], dtype=pl.Float64),
         )
 
-    @property
-    def books(self) -> int:
-        return len(self.exchanges) * len(self.symbols)
-
     def keyed(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """Add ``_micros``, ``_book`` and ``_bucket`` (Int64) to rows with local_ts, exchange, symbol, price."""
         symbol = pl.col("symbol").cast(pl.Enum(self.symbols)).to_physical().cast(pl.Int64)
         exchange = pl.col("exchange").cast(pl.Enum(self.exchanges)).to_physical().cast(pl.Int64)
-        # Gathered per row, num and den are columns: the division rounds correctly.
-        index = bucket_index(pl.col("price"), self._of_symbol(self.num), self._of_symbol(self.den))
-        return frame.with_columns(_symbol=symbol).with_columns(
-            _micros=pl.col("local_ts").dt.epoch("us") - self.origin_us,
-            _book=exchange * len(self.symbols) + pl.col("_symbol"),
-            _bucket=(index - self._of_symbol(self.low)).cast(pl.Int64),
+        # Gathered per row into columns first: num and den must be columns for
+        # the division to round correctly, and a gather written inside the
+        # index expression would be evaluated once per use of the quotient.
+        index = bucket_index(pl.col("price"), pl.col("_num"), pl.col("_den"))
+        return (
+            frame.with_columns(_symbol=symbol)
+            .with_columns(_num=self._of_symbol(self.num), _den=self._of_symbol(self.den),
+                          _low=self._of_symbol(self.low))
+            .with_columns(
+                _micros=pl.col("local_ts").dt.epoch("us") - self.origin_us,
+                _book=exchange * self.symbol_slots + pl.col("_symbol"),
+                _bucket=(index - pl.col("_low")).cast(pl.Int64),
+            )
+            .drop("_num", "_den", "_low")
         )
 
     def snapshot_bucket_key(self) -> pl.Expr:
@@ -408,30 +427,41 @@ class _Grid:
     def book_second_of(self, snapshot: pl.Expr) -> pl.Expr:
         """``second * books + book`` of a snapshot."""
         second = snapshot // self.books // _US_PER_SECOND
-        return second * self.books + snapshot % self.books
+        return second * self.books + (snapshot & (self.books - 1))
 
     def cell_of(self, snapshot_bucket: pl.Expr) -> pl.Expr:
-        return self.book_second_of(self.snapshot_of(snapshot_bucket)) * self.width + snapshot_bucket % self.width
+        return self.book_second_of(self.snapshot_of(snapshot_bucket)) * self.width + (snapshot_bucket & (self.width - 1))
 
     def decoded(self, cells: pl.LazyFrame) -> pl.LazyFrame:
         """The output columns from ``_cell`` and the sums (missing sums are 0)."""
-        book = pl.col("_cell") // self.width % self.books
-        symbol = book % len(self.symbols)
-        index = (pl.col("_cell") % self.width).cast(pl.Float64) + pl.lit(self.low).gather(symbol)
-        num, den = pl.lit(self.num).gather(symbol), pl.lit(self.den).gather(symbol)
-        second_us = pl.col("_cell") // self.width // self.books * _US_PER_SECOND + self.origin_us
-        return cells.select(
-            second_us.cast(_TIMESTAMP).alias("ts_second"),
-            pl.lit(pl.Series(self.exchanges, dtype=pl.String)).gather(book // len(self.symbols)).alias("exchange"),
-            pl.lit(pl.Series(self.symbols, dtype=pl.String)).gather(symbol).alias("symbol"),
-            pl.lit(self.size).gather(symbol).alias("bucket_size"),
-            # The same edge arithmetic as with_price_bucket: the same doubles.
-            (index * num / den).alias("price_bucket"),
-            *[pl.col(column).fill_null(0.0) for column in SUMS],
+        cells = cells.with_columns(pl.col("_cell").cast(pl.Int64))
+        book = pl.col("_cell") // self.width & (self.books - 1)
+        symbol = pl.col("_symbol")
+        index = (pl.col("_cell") & (self.width - 1)).cast(pl.Float64) + pl.col("_low")
+        second_us = pl.col("_cell") // (self.width * self.books) * _US_PER_SECOND + self.origin_us
+        return (
+            cells.with_columns(_book=book, _symbol=book & (self.symbol_slots - 1))
+            .with_columns(_num=self._of_symbol(self.num), _den=self._of_symbol(self.den),
+                          _low=self._of_symbol(self.low))
+            .select(
+                second_us.cast(_TIMESTAMP).alias("ts_second"),
+                pl.lit(pl.Series(self.exchanges, dtype=pl.String))
+                .gather(pl.col("_book") // self.symbol_slots)
+                .alias("exchange"),
+                pl.lit(pl.Series(self.symbols, dtype=pl.String)).gather(symbol).alias("symbol"),
+                self._of_symbol(self.size).alias("bucket_size"),
+                # The same edge arithmetic as with_price_bucket: the same doubles.
+                (index * pl.col("_num") / pl.col("_den")).alias("price_bucket"),
+                *[pl.col(column).fill_null(0.0) for column in SUMS],
+            )
         )
 
     def _of_symbol(self, values: pl.Series) -> pl.Expr:
         return pl.lit(values).gather("_symbol")
+
+
+def _power_of_two_at_least(count: int) -> int:
+    return 1 << max(0, count - 1).bit_length()
 
 
 def _is_positive(size: Decimal) -> bool:
@@ -464,13 +494,13 @@ def _resting(snapshots: pl.LazyFrame, grid: _Grid) -> pl.LazyFrame:
         .select("_snapshot")
     )
     return per_snapshot_bucket.join(last_snapshots, on="_snapshot", how="semi").select(
-        grid.cell_of(pl.col("_key")).alias("_cell"), "bid_size", "ask_size"
+        grid.cell_of(pl.col("_key")).cast(grid.cell_type).alias("_cell"), "bid_size", "ask_size"
     )
 
 
 def _traded(trades: pl.LazyFrame, grid: _Grid) -> pl.LazyFrame:
     """Buy and sell volume per cell (``_cell``, sums)."""
-    return _sizes_by_side(trades.pipe(grid.keyed), grid.trade_cell_key(), "_cell",
+    return _sizes_by_side(trades.pipe(grid.keyed), grid.trade_cell_key().cast(grid.cell_type), "_cell",
                           {"buy": "buy_volume", "sell": "sell_volume"})
 
 
