@@ -117,7 +117,8 @@ class Streamer:
             )
             self.feeds.append(feed)
         self.snapshotter = Snapshotter(self.feeds, interval=self.settings.snapshot_interval)
-        self.watchdog = MemoryWatchdog(self.feeds, limit_mb=self.settings.max_memory_mb)
+        self.watchdog = MemoryWatchdog(self.feeds, limit_mb=self.settings.max_memory_mb,
+                                       trim_interval=self.settings.heap_trim_interval)
         tune_for_streaming()  # set up: keep the collector's pauses off the frames from here on
         self.started_us = now_us()
         for feed in self.feeds:

@@ -201,6 +201,8 @@ class Settings:
     data_buffer_size: int = 10_000
     batch_write_size: int = 5_000
     max_memory_mb: int = 1024
+    #: Seconds between returns of the C heap's free pages to the system (0: never; see streamer.heap).
+    heap_trim_interval: float = 5.0
     #: Disk budget of each feed's journal (the spool while PostgreSQL is down).
     spool_budget_mb: int = 1024
     #: Depth of the Kraken book subscription (10, 25, 100, 500 or 1000 levels).
@@ -391,6 +393,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_buffer_size=_int(env, "DATA_BUFFER_SIZE", 10_000, minimum=10),
         batch_write_size=_int(env, "BATCH_WRITE_SIZE", 5_000),
         max_memory_mb=_int(env, "MAX_MEMORY_USAGE", 1024, minimum=64),
+        heap_trim_interval=_float(env, "COBY_HEAP_TRIM_S", 5.0, minimum=0.0, inclusive=True),
         spool_budget_mb=_int(env, "COBY_SPOOL_BUDGET_MB", 1024, minimum=1),
         kraken_book_depth=_choice(env, "COBY_KRAKEN_BOOK_DEPTH", 100, (10, 25, 100, 500, 1000)),
         retention_days=_int(env, "COBY_RETENTION_DAYS", 30),

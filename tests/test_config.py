@@ -180,3 +180,12 @@ def test_redis_coalesce_delay_accepts_zero_and_refuses_negative_values():
     for bad in ("-1", "nan", "soon"):
         with pytest.raises(ConfigError, match="COBY_REDIS_COALESCE_MS"):
             load_settings({"COBY_REDIS_COALESCE_MS": bad})
+
+
+def test_heap_trim_interval_accepts_zero_to_turn_it_off_and_refuses_negative_values():
+    assert load_settings({}).heap_trim_interval == 5.0
+    assert load_settings({"COBY_HEAP_TRIM_S": "0"}).heap_trim_interval == 0.0
+    assert load_settings({"COBY_HEAP_TRIM_S": "30"}).heap_trim_interval == 30.0
+    for bad in ("-1", "inf", "often"):
+        with pytest.raises(ConfigError, match="COBY_HEAP_TRIM_S"):
+            load_settings({"COBY_HEAP_TRIM_S": bad})

@@ -18,11 +18,12 @@ become small codes, the bucket an integer index, and (second, book, bucket)
 one integer whose order is the table's order (32 bits when the hour's cells
 fit, else 64). Grouping, joining and sorting on one integer column is several
 times cheaper than on five columns of timestamps, strings and floats; the
-strings and the float bucket edges are only made for the output rows. Data the keys cannot represent exactly
-(a non-finite or missing price, a missing time or name, a symbol without a
-size, times other than µs UTC, a span too wide for 64 bits) takes the query
-over the columns themselves (:func:`price_buckets_by_columns`), which
-defines the result: both give the same table.
+strings and the float bucket edges are only made for the output rows. Data
+the keys cannot represent exactly (a non-finite or missing price, a missing
+time or name, a symbol without a size, times other than µs UTC, a span too
+wide for 64 bits) takes the query over the columns themselves
+(:func:`price_buckets_by_columns`), which defines the result: both give the
+same table.
 """
 
 from __future__ import annotations
@@ -330,10 +331,11 @@ class _Grid:
       row, ordered as (ts_second, exchange, symbol, bucket_size, price_bucket).
 
     Every part is below its multiplier, so the keys are exact and distinct.
-    Cell keys are held as UInt32 when the hour's cells fit (``cell_type``):
-    sorting the output by a 32-bit key is about a third cheaper. The multipliers (``symbol_slots``, ``books``, ``width``) are powers of two:
-    taking a key apart is then a shift and a mask, where a division by any
-    other number costs several times more per row.
+    The multipliers (``symbol_slots``, ``books``, ``width``) are powers of
+    two: taking a key apart is then a shift and a mask, where a division by
+    any other number costs several times more per row. Cell keys are held as
+    UInt32 when the hour's cells fit (``cell_type``): sorting the output by a
+    32-bit key is about a third cheaper than by a 64-bit one.
     """
 
     exchanges: list[str]
@@ -430,7 +432,8 @@ class _Grid:
         return second * self.books + (snapshot & (self.books - 1))
 
     def cell_of(self, snapshot_bucket: pl.Expr) -> pl.Expr:
-        return self.book_second_of(self.snapshot_of(snapshot_bucket)) * self.width + (snapshot_bucket & (self.width - 1))
+        bucket = snapshot_bucket & (self.width - 1)
+        return self.book_second_of(self.snapshot_of(snapshot_bucket)) * self.width + bucket
 
     def decoded(self, cells: pl.LazyFrame) -> pl.LazyFrame:
         """The output columns from ``_cell`` and the sums (missing sums are 0)."""
