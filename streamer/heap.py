@@ -4,15 +4,15 @@ Frames, level lists, row batches and COPY buffers larger than Python's
 small-object limit (512 bytes) come from the C library's ``malloc``. glibc
 keeps what is freed in its heap for reuse, and the pages stay resident: each
 burst (a resync of every book, a COPY backlog) touches free pages the last
-one did not, so RSS creeps up in steps while the memory in use does not. In
-a 5-minute OKX run at full speed the heap held 53 MB of which 19–44 MB was
-in use, and one ``malloc_trim(0)`` at the end returned 20 MB of RSS.
+one did not, so RSS creeps up in steps while the memory in use does not
+(BENCHMARKS.md, "Soak": the 10-minute run with and without trimming).
 
 :func:`release_free_heap` calls glibc's ``malloc_trim(0)``, which hands
 every wholly free page of the heap back (``madvise``), not only its top.
-With a heap that was trimmed a few seconds earlier it takes well under a
-millisecond. Where the C library has no ``malloc_trim`` (musl, macOS) it
-does nothing and says so.
+It holds the event loop while it walks the heap's free chunks, a cost that
+grows with the memory it returns: trimming every few seconds keeps each trim
+small (the watchdog keeps the longest in ``heap_trim_max_ms``). Where the C
+library has no ``malloc_trim`` (musl, macOS) it does nothing and says so.
 """
 
 from __future__ import annotations
