@@ -18,9 +18,6 @@ library has no ``malloc_trim`` (musl, macOS) it does nothing and says so.
 from __future__ import annotations
 
 import ctypes
-import logging
-
-log = logging.getLogger(__name__)
 
 
 def _load_malloc_trim():
