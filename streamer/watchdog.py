@@ -20,7 +20,7 @@ import time
 import psutil
 
 from .connection.clock import now_us
-from .heap import release_free_heap
+from .heap import can_release_free_heap, release_free_heap
 from .models import FeedEventKind
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ class MemoryWatchdog:
         self.interval = interval
         #: Seconds between returns of free heap pages to the system (0: never).
         self.trim_interval = trim_interval
+        if trim_interval > 0 and not can_release_free_heap():
+            log.info("free heap memory cannot be returned to the system here (no malloc_trim)")
+            self.trim_interval = 0
         self.process = psutil.Process()
         self.alarm = False
         self.peak_rss_mb = 0.0
@@ -50,10 +53,7 @@ class MemoryWatchdog:
             return False
         self._last_trim = now
         started = time.perf_counter()
-        if not release_free_heap():
-            self.trim_interval = 0  # this C library cannot; do not ask again
-            log.info("free heap memory cannot be returned to the system here (no malloc_trim)")
-            return False
+        release_free_heap()
         self.heap_trims += 1
         self.heap_trim_max_ms = max(self.heap_trim_max_ms, (time.perf_counter() - started) * 1000)
         return True

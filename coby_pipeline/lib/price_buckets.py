@@ -405,8 +405,7 @@ class _Grid:
         index = bucket_index(pl.col("price"), pl.col("_num"), pl.col("_den"))
         return (
             frame.with_columns(_symbol=symbol)
-            .with_columns(_num=self._of_symbol(self.num), _den=self._of_symbol(self.den),
-                          _low=self._of_symbol(self.low))
+            .with_columns(**self._size_columns())
             .with_columns(
                 _micros=pl.col("local_ts").dt.epoch("us") - self.origin_us,
                 _book=exchange * self.symbol_slots + pl.col("_symbol"),
@@ -444,8 +443,7 @@ class _Grid:
         second_us = pl.col("_cell") // (self.width * self.books) * _US_PER_SECOND + self.origin_us
         return (
             cells.with_columns(_book=book, _symbol=book & (self.symbol_slots - 1))
-            .with_columns(_num=self._of_symbol(self.num), _den=self._of_symbol(self.den),
-                          _low=self._of_symbol(self.low))
+            .with_columns(**self._size_columns())
             .select(
                 second_us.cast(_TIMESTAMP).alias("ts_second"),
                 pl.lit(pl.Series(self.exchanges, dtype=pl.String))
@@ -461,6 +459,12 @@ class _Grid:
 
     def _of_symbol(self, values: pl.Series) -> pl.Expr:
         return pl.lit(values).gather("_symbol")
+
+    def _size_columns(self) -> dict[str, pl.Expr]:
+        """``_num``, ``_den`` (the bucket size as a fraction) and ``_low`` (the index
+        offset) of each row's symbol, to add as columns after ``_symbol``."""
+        return {"_num": self._of_symbol(self.num), "_den": self._of_symbol(self.den),
+                "_low": self._of_symbol(self.low)}
 
 
 def _power_of_two_at_least(count: int) -> int:
